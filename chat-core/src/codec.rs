@@ -1,0 +1,101 @@
+//! MessagePack and JSON, one function each way.
+//!
+//! Encoding writes structs as string-keyed maps (what seed clients expect; plain
+//! `rmp_serde::to_vec` would write arrays). Decoding picks the format from the first
+//! non-whitespace byte: `{` means JSON, anything else MessagePack.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The two wire encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Encoding {
+    /// MessagePack (the default).
+    #[default]
+    MsgPack,
+    /// JSON (UTF-8 text).
+    Json,
+}
+
+impl Encoding {
+    /// The encoding a frame is in, judged by its first non-whitespace byte.
+    pub fn detect(bytes: &[u8]) -> Encoding {
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => Encoding::Json,
+            _ => Encoding::MsgPack,
+        }
+    }
+
+    /// Reads `msgpack` / `json` (any case), for flags and environment variables.
+    pub fn parse(s: &str) -> Option<Encoding> {
+        match s.to_ascii_lowercase().as_str() {
+            "msgpack" | "messagepack" | "mp" => Some(Encoding::MsgPack),
+            "json" => Some(Encoding::Json),
+            _ => None,
+        }
+    }
+}
+
+/// Why a frame could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CodecError(pub String);
+
+/// Encodes a value as a map-shaped MessagePack or JSON frame.
+pub fn encode<T: Serialize + ?Sized>(value: &T, encoding: Encoding) -> Result<Vec<u8>, CodecError> {
+    match encoding {
+        Encoding::MsgPack => rmp_serde::to_vec_named(value).map_err(|e| CodecError(e.to_string())),
+        Encoding::Json => serde_json::to_vec(value).map_err(|e| CodecError(e.to_string())),
+    }
+}
+
+/// Decodes a frame, detecting its encoding; returns the value and the encoding found.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, Encoding), (CodecError, Encoding)> {
+    let encoding = Encoding::detect(bytes);
+    let result = match encoding {
+        Encoding::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| CodecError(e.to_string())),
+        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| CodecError(e.to_string())),
+    };
+    match result {
+        Ok(v) => Ok((v, encoding)),
+        Err(e) => Err((e, encoding)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn detects_json_by_first_byte() {
+        assert_eq!(Encoding::detect(b"{\"a\":1}"), Encoding::Json);
+        assert_eq!(Encoding::detect(b"  \n{}"), Encoding::Json);
+        assert_eq!(Encoding::detect(&[0x81, 0xa1, b'a', 1]), Encoding::MsgPack);
+        assert_eq!(Encoding::detect(b""), Encoding::MsgPack);
+    }
+
+    #[test]
+    fn maps_not_arrays() {
+        #[derive(serde::Serialize)]
+        struct S {
+            a: u8,
+        }
+        assert_eq!(
+            encode(&S { a: 1 }, Encoding::MsgPack).unwrap(),
+            vec![0x81, 0xa1, b'a', 1]
+        );
+        assert_eq!(
+            encode(&S { a: 1 }, Encoding::Json).unwrap(),
+            b"{\"a\":1}".to_vec()
+        );
+    }
+
+    #[test]
+    fn decode_reports_encoding_on_error() {
+        let (_, enc) = decode::<BTreeMap<String, u8>>(b"{not json").unwrap_err();
+        assert_eq!(enc, Encoding::Json);
+        let (_, enc) = decode::<BTreeMap<String, u8>>(&[0xc1]).unwrap_err();
+        assert_eq!(enc, Encoding::MsgPack);
+    }
+}

@@ -1,0 +1,919 @@
+//! The chat domain as a pure, deterministic state machine.
+//!
+//! A write is checked against the current state ([`ChatState::validate`]) when a server
+//! accepts it, and becomes an [`Event`] stamped with a unique id (origin server and that
+//! server's sequence number) and a Lamport clock. [`ChatState::apply`] is total: it accepts
+//! any well-formed event, from any server, in any order, any number of times, and the
+//! resulting state depends only on the *set* of events applied (idempotent and commutative).
+//! That is what lets replicas converge whatever the replication path does. History is
+//! ordered by (Lamport clock, origin, sequence), the same on every replica.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError, Encoding};
+use crate::error::{ChatError, NameKind};
+use crate::protocol::{
+    ChannelPost, DirectPost, HistoryPage, HistoryTarget, Publication, Request, MAX_ACCEPTED_CLOCK,
+};
+use crate::time::Timestamp;
+use crate::validate::{validate_message, validate_name, Limits};
+
+/// Unique id of an event: the server that accepted the write and its sequence number there.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId {
+    /// Name of the server that accepted the write.
+    pub origin: String,
+    /// That server's sequence number, starting at 1, without gaps.
+    pub seq: u64,
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.origin, self.seq)
+    }
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A user logged in (first login registers the user).
+    UserLoggedIn {
+        /// User name.
+        user: String,
+    },
+    /// A channel was created.
+    ChannelCreated {
+        /// Channel name.
+        channel: String,
+    },
+    /// A post on a channel.
+    ChannelMessage {
+        /// Channel.
+        channel: String,
+        /// Author.
+        user: String,
+        /// Body.
+        message: String,
+    },
+    /// A private message.
+    DirectMessage {
+        /// Sender.
+        src: String,
+        /// Recipient.
+        dst: String,
+        /// Body.
+        message: String,
+    },
+}
+
+impl EventKind {
+    /// The write a request asks for, if it is a write.
+    pub fn from_request(req: &Request) -> Option<EventKind> {
+        match req {
+            Request::Login { user } => Some(EventKind::UserLoggedIn { user: user.clone() }),
+            Request::Channel { channel } => Some(EventKind::ChannelCreated {
+                channel: channel.clone(),
+            }),
+            Request::Publish {
+                user,
+                channel,
+                message,
+            } => Some(EventKind::ChannelMessage {
+                channel: channel.clone(),
+                user: user.clone(),
+                message: message.clone(),
+            }),
+            Request::Message { src, dst, message } => Some(EventKind::DirectMessage {
+                src: src.clone(),
+                dst: dst.clone(),
+                message: message.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The seed name of the operation on the `replication` topic.
+    pub fn operation(&self) -> &'static str {
+        match self {
+            EventKind::UserLoggedIn { .. } => "login",
+            EventKind::ChannelCreated { .. } => "channel",
+            EventKind::ChannelMessage { .. } => "publication",
+            EventKind::DirectMessage { .. } => "message",
+        }
+    }
+}
+
+/// One accepted write, as stored and replicated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Event {
+    /// Unique id.
+    pub id: EventId,
+    /// Lamport stamp given by the origin when it accepted the write.
+    pub clock: u64,
+    /// Physical time given by the origin when it accepted the write.
+    pub timestamp: Timestamp,
+    /// The client's request id, when it sent one.
+    pub request_id: Option<String>,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// Position of this event in history.
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            clock: self.clock,
+            origin: self.id.origin.clone(),
+            seq: self.id.seq,
+        }
+    }
+
+    /// The publication this event causes, for channel posts and private messages.
+    pub fn publication(&self) -> Option<Publication> {
+        match &self.kind {
+            EventKind::ChannelMessage {
+                channel,
+                user,
+                message,
+            } => Some(Publication::Channel(ChannelPost {
+                channel: channel.clone(),
+                user: user.clone(),
+                message: message.clone(),
+                timestamp: self.timestamp,
+                clock: self.clock,
+                id: Some(self.id.to_string()),
+            })),
+            EventKind::DirectMessage { src, dst, message } => {
+                Some(Publication::Direct(DirectPost {
+                    src: src.clone(),
+                    dst: dst.clone(),
+                    message: message.clone(),
+                    timestamp: self.timestamp,
+                    clock: self.clock,
+                    id: Some(self.id.to_string()),
+                }))
+            }
+            _ => None,
+        }
+    }
+
+    /// Converts to the `replication` wire shape.
+    pub fn to_wire(&self) -> WireEvent {
+        let mut data = WireEventData {
+            timestamp: Some(self.timestamp),
+            id: self.request_id.clone(),
+            ..WireEventData::default()
+        };
+        match &self.kind {
+            EventKind::UserLoggedIn { user } => data.user = Some(user.clone()),
+            EventKind::ChannelCreated { channel } => data.channel = Some(channel.clone()),
+            EventKind::ChannelMessage {
+                channel,
+                user,
+                message,
+            } => {
+                data.user = Some(user.clone());
+                data.channel = Some(channel.clone());
+                data.message = Some(message.clone());
+            }
+            EventKind::DirectMessage { src, dst, message } => {
+                data.src = Some(src.clone());
+                data.dst = Some(dst.clone());
+                data.message = Some(message.clone());
+            }
+        }
+        WireEvent {
+            operation: self.kind.operation().to_string(),
+            data,
+            server: self.id.origin.clone(),
+            clock: self.clock,
+            seq: self.id.seq,
+        }
+    }
+
+    /// Reads the `replication` wire shape.
+    pub fn from_wire(w: WireEvent) -> Result<Event, ChatError> {
+        let need = |v: Option<String>, field: &'static str| {
+            v.ok_or_else(|| ChatError::MissingField {
+                service: format!("replication/{}", w.operation),
+                field,
+            })
+        };
+        let d = w.data.clone();
+        let kind = match w.operation.as_str() {
+            "login" => EventKind::UserLoggedIn {
+                user: need(d.user, "user")?,
+            },
+            "channel" => EventKind::ChannelCreated {
+                channel: need(d.channel, "channel")?,
+            },
+            "publication" | "publish" => EventKind::ChannelMessage {
+                channel: need(d.channel, "channel")?,
+                user: need(d.user, "user")?,
+                message: need(d.message, "message")?,
+            },
+            "message" => EventKind::DirectMessage {
+                src: need(d.src, "src")?,
+                dst: need(d.dst, "dst")?,
+                message: need(d.message, "message")?,
+            },
+            other => return Err(ChatError::UnknownService(format!("replication/{other}"))),
+        };
+        if w.seq == 0 {
+            return Err(ChatError::InvalidField {
+                field: "seq",
+                reason: "sequence numbers start at 1".into(),
+            });
+        }
+        if w.clock > MAX_ACCEPTED_CLOCK {
+            return Err(ChatError::InvalidField {
+                field: "clock",
+                reason: "out of range".into(),
+            });
+        }
+        Ok(Event {
+            id: EventId {
+                origin: w.server,
+                seq: w.seq,
+            },
+            clock: w.clock,
+            timestamp: d.timestamp.unwrap_or_default(),
+            request_id: d.id,
+            kind,
+        })
+    }
+
+    /// Encodes for the `replication` topic or storage.
+    pub fn encode(&self, encoding: Encoding) -> Result<Vec<u8>, CodecError> {
+        codec::encode(&self.to_wire(), encoding)
+    }
+
+    /// Decodes from the `replication` topic or storage.
+    pub fn decode(bytes: &[u8]) -> Result<Event, ChatError> {
+        let (w, _) =
+            codec::decode::<WireEvent>(bytes).map_err(|(e, _)| ChatError::BadFrame(e.0))?;
+        Event::from_wire(w)
+    }
+}
+
+/// Wire shape of a replicated event (seed 000): `{"operation", "data", "server", "clock", "seq"}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WireEvent {
+    /// `login`, `channel`, `publication` or `message`.
+    pub operation: String,
+    /// The write's fields.
+    pub data: WireEventData,
+    /// Origin server.
+    pub server: String,
+    /// Lamport stamp.
+    pub clock: u64,
+    /// Origin's sequence number.
+    #[serde(default)]
+    pub seq: u64,
+}
+
+/// Fields of a replicated event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WireEventData {
+    /// User (login, publication).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Channel (channel, publication).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Sender (message).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src: Option<String>,
+    /// Recipient (message).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<String>,
+    /// Body.
+    #[serde(alias = "msg", skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Physical time of acceptance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<Timestamp>,
+    /// Client request id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// Position in history: Lamport clock, then origin, then sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp {
+    /// Lamport clock.
+    pub clock: u64,
+    /// Origin server.
+    pub origin: String,
+    /// Origin's sequence number.
+    pub seq: u64,
+}
+
+impl Stamp {
+    /// The opaque history cursor for this position: `clock.seq.origin`.
+    pub fn cursor(&self) -> String {
+        format!("{}.{}.{}", self.clock, self.seq, self.origin)
+    }
+
+    /// Reads a history cursor.
+    pub fn parse_cursor(s: &str) -> Result<Stamp, ChatError> {
+        let bad = || ChatError::InvalidField {
+            field: "before",
+            reason: format!(
+                "{:?} is not a history cursor",
+                s.chars().take(80).collect::<String>()
+            ),
+        };
+        let mut parts = s.splitn(3, '.');
+        let clock = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let seq = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let origin = parts.next().ok_or_else(bad)?.to_string();
+        Ok(Stamp { clock, origin, seq })
+    }
+}
+
+/// Sequence numbers applied from one origin: everything up to `contiguous`, plus `above`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct AppliedSeqs {
+    contiguous: u64,
+    above: BTreeSet<u64>,
+}
+
+impl AppliedSeqs {
+    /// Whether `seq` was applied.
+    pub fn contains(&self, seq: u64) -> bool {
+        seq <= self.contiguous || self.above.contains(&seq)
+    }
+
+    /// Marks `seq` applied; returns false if it already was.
+    pub fn insert(&mut self, seq: u64) -> bool {
+        if self.contains(seq) {
+            return false;
+        }
+        self.above.insert(seq);
+        while self.above.remove(&(self.contiguous + 1)) {
+            self.contiguous += 1;
+        }
+        true
+    }
+
+    /// Highest `n` such that 1..=n are all applied.
+    pub fn contiguous(&self) -> u64 {
+        self.contiguous
+    }
+
+    /// Highest sequence number applied.
+    pub fn max(&self) -> u64 {
+        self.above.last().copied().unwrap_or(self.contiguous)
+    }
+
+    /// Sequence numbers missing below the highest applied one.
+    pub fn gaps(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut next = self.contiguous + 1;
+        for &s in &self.above {
+            out.extend(next..s);
+            next = s + 1;
+        }
+        out
+    }
+}
+
+/// What `apply` did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// The event was new and is now part of the state.
+    Applied,
+    /// The event had been applied before; nothing changed.
+    Duplicate,
+}
+
+/// The replicated chat state: users, channels, posts and private messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChatState {
+    users: BTreeMap<String, BTreeMap<Stamp, Timestamp>>,
+    channels: BTreeMap<String, Stamp>,
+    posts: BTreeMap<String, BTreeMap<Stamp, ChannelPost>>,
+    directs: BTreeMap<Stamp, DirectPost>,
+    direct_index: BTreeMap<String, BTreeSet<Stamp>>,
+    applied: BTreeMap<String, AppliedSeqs>,
+    requests: BTreeMap<String, EventId>,
+    max_clock: u64,
+    events: u64,
+}
+
+impl ChatState {
+    /// An empty state.
+    pub fn new() -> Self {
+        ChatState::default()
+    }
+
+    /// Checks whether a write may be accepted now; `Ok` means the origin may turn it into an event.
+    pub fn validate(&self, kind: &EventKind, limits: &Limits) -> Result<(), ChatError> {
+        match kind {
+            EventKind::UserLoggedIn { user } => {
+                validate_name(NameKind::User, user)?;
+                if self.channels.contains_key(user) {
+                    return Err(ChatError::AlreadyExists(format!(
+                        "`{user}` is a channel; users and channels share topics, choose another name"
+                    )));
+                }
+            }
+            EventKind::ChannelCreated { channel } => {
+                validate_name(NameKind::Channel, channel)?;
+                if self.channels.contains_key(channel) {
+                    return Err(ChatError::AlreadyExists(format!(
+                        "channel `{channel}` already exists"
+                    )));
+                }
+                if self.users.contains_key(channel) {
+                    return Err(ChatError::AlreadyExists(format!(
+                        "`{channel}` is a user; users and channels share topics, choose another name"
+                    )));
+                }
+            }
+            EventKind::ChannelMessage {
+                channel,
+                user,
+                message,
+            } => {
+                validate_name(NameKind::User, user)?;
+                validate_name(NameKind::Channel, channel)?;
+                validate_message(message, limits)?;
+                if !self.channels.contains_key(channel) {
+                    return Err(ChatError::UnknownChannel(channel.clone()));
+                }
+            }
+            EventKind::DirectMessage { src, dst, message } => {
+                validate_name(NameKind::User, src)?;
+                validate_name(NameKind::User, dst)?;
+                validate_message(message, limits)?;
+                if !self.users.contains_key(dst) {
+                    return Err(ChatError::UnknownUser(dst.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies an event; idempotent and commutative.
+    pub fn apply(&mut self, e: &Event) -> ApplyOutcome {
+        if !self
+            .applied
+            .entry(e.id.origin.clone())
+            .or_default()
+            .insert(e.id.seq)
+        {
+            return ApplyOutcome::Duplicate;
+        }
+        self.events += 1;
+        self.max_clock = self.max_clock.max(e.clock);
+        if let Some(rid) = &e.request_id {
+            let slot = self
+                .requests
+                .entry(rid.clone())
+                .or_insert_with(|| e.id.clone());
+            if e.id < *slot {
+                *slot = e.id.clone();
+            }
+        }
+        let stamp = e.stamp();
+        match &e.kind {
+            EventKind::UserLoggedIn { user } => {
+                self.users
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(stamp, e.timestamp);
+            }
+            EventKind::ChannelCreated { channel } => {
+                let slot = self
+                    .channels
+                    .entry(channel.clone())
+                    .or_insert_with(|| stamp.clone());
+                if stamp < *slot {
+                    *slot = stamp;
+                }
+            }
+            EventKind::ChannelMessage { channel, .. } => {
+                if let Some(Publication::Channel(post)) = e.publication() {
+                    self.posts
+                        .entry(channel.clone())
+                        .or_default()
+                        .insert(stamp, post);
+                }
+            }
+            EventKind::DirectMessage { src, dst, .. } => {
+                if let Some(Publication::Direct(post)) = e.publication() {
+                    self.direct_index
+                        .entry(src.clone())
+                        .or_default()
+                        .insert(stamp.clone());
+                    self.direct_index
+                        .entry(dst.clone())
+                        .or_default()
+                        .insert(stamp.clone());
+                    self.directs.insert(stamp, post);
+                }
+            }
+        }
+        ApplyOutcome::Applied
+    }
+
+    /// Whether an event was applied.
+    pub fn contains(&self, id: &EventId) -> bool {
+        self.applied
+            .get(&id.origin)
+            .is_some_and(|a| a.contains(id.seq))
+    }
+
+    /// The event that a client request id produced, if any.
+    pub fn event_for_request(&self, request_id: &str) -> Option<&EventId> {
+        self.requests.get(request_id)
+    }
+
+    /// Sequence numbers applied per origin.
+    pub fn applied(&self) -> &BTreeMap<String, AppliedSeqs> {
+        &self.applied
+    }
+
+    /// Highest `n` such that events 1..=n of `origin` are all applied.
+    pub fn applied_through(&self, origin: &str) -> u64 {
+        self.applied.get(origin).map_or(0, AppliedSeqs::contiguous)
+    }
+
+    /// Largest Lamport stamp of any applied event.
+    pub fn max_clock(&self) -> u64 {
+        self.max_clock
+    }
+
+    /// Number of distinct events applied.
+    pub fn event_count(&self) -> u64 {
+        self.events
+    }
+
+    /// User names, sorted.
+    pub fn users(&self) -> Vec<String> {
+        self.users.keys().cloned().collect()
+    }
+
+    /// Whether a user exists.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
+    /// Login times of a user, in event order.
+    pub fn logins(&self, user: &str) -> Vec<Timestamp> {
+        self.users
+            .get(user)
+            .map(|m| m.values().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Channel names, sorted.
+    pub fn channels(&self) -> Vec<String> {
+        self.channels.keys().cloned().collect()
+    }
+
+    /// Whether a channel exists.
+    pub fn has_channel(&self, channel: &str) -> bool {
+        self.channels.contains_key(channel)
+    }
+
+    /// Number of channel posts plus private messages.
+    pub fn message_count(&self) -> u64 {
+        let posts: usize = self.posts.values().map(BTreeMap::len).sum();
+        (posts + self.directs.len()) as u64
+    }
+
+    /// All channel posts, in history order per channel (channels sorted).
+    pub fn all_posts(&self) -> impl Iterator<Item = &ChannelPost> {
+        self.posts.values().flat_map(BTreeMap::values)
+    }
+
+    /// All private messages, in history order.
+    pub fn all_directs(&self) -> impl Iterator<Item = &DirectPost> {
+        self.directs.values()
+    }
+
+    /// A page of history, oldest first: the `limit` newest items strictly before `before`.
+    pub fn history(
+        &self,
+        target: &HistoryTarget,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<HistoryPage, ChatError> {
+        let before = before.map(Stamp::parse_cursor).transpose()?;
+        let limit = limit.max(1);
+        let (mut items, more): (Vec<(Stamp, Publication)>, bool) = match target {
+            HistoryTarget::Channel(c) => {
+                let Some(log) = self.posts.get(c) else {
+                    if self.channels.contains_key(c) {
+                        return Ok(HistoryPage::default());
+                    }
+                    return Err(ChatError::UnknownChannel(c.clone()));
+                };
+                let mut it = match &before {
+                    Some(b) => {
+                        Box::new(log.range(..b.clone()).rev()) as Box<dyn Iterator<Item = _>>
+                    }
+                    None => Box::new(log.iter().rev()),
+                };
+                let page: Vec<_> = it
+                    .by_ref()
+                    .take(limit)
+                    .map(|(s, p)| (s.clone(), Publication::Channel(p.clone())))
+                    .collect();
+                (page, it.next().is_some())
+            }
+            HistoryTarget::User(u) => {
+                let Some(index) = self.direct_index.get(u) else {
+                    if self.users.contains_key(u) {
+                        return Ok(HistoryPage::default());
+                    }
+                    return Err(ChatError::UnknownUser(u.clone()));
+                };
+                let mut it = match &before {
+                    Some(b) => {
+                        Box::new(index.range(..b.clone()).rev()) as Box<dyn Iterator<Item = _>>
+                    }
+                    None => Box::new(index.iter().rev()),
+                };
+                let page: Vec<_> = it
+                    .by_ref()
+                    .take(limit)
+                    .filter_map(|s| {
+                        self.directs
+                            .get(s)
+                            .map(|p| (s.clone(), Publication::Direct(p.clone())))
+                    })
+                    .collect();
+                (page, it.next().is_some())
+            }
+        };
+        items.reverse();
+        let next = if more {
+            items.first().map(|(s, _)| s.cursor())
+        } else {
+            None
+        };
+        Ok(HistoryPage {
+            items: items.into_iter().map(|(_, p)| p).collect(),
+            next,
+        })
+    }
+
+    /// A digest of the replicated content: equal on replicas that applied the same events.
+    pub fn digest(&self) -> String {
+        let mut h = Fnv64::new();
+        for (user, logins) in &self.users {
+            h.str(user);
+            for (s, t) in logins {
+                h.stamp(s);
+                h.u64(t.millis() as u64);
+            }
+        }
+        for (c, s) in &self.channels {
+            h.str(c);
+            h.stamp(s);
+        }
+        for (c, log) in &self.posts {
+            h.str(c);
+            for (s, p) in log {
+                h.stamp(s);
+                h.str(&p.user);
+                h.str(&p.message);
+                h.u64(p.timestamp.millis() as u64);
+            }
+        }
+        for (s, p) in &self.directs {
+            h.stamp(s);
+            h.str(&p.src);
+            h.str(&p.dst);
+            h.str(&p.message);
+            h.u64(p.timestamp.millis() as u64);
+        }
+        format!("{:016x}", h.0)
+    }
+}
+
+/// FNV-1a, 64 bits: a small, stable, dependency-free hash for state digests.
+struct Fnv64(u64);
+
+impl Fnv64 {
+    fn new() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 ^= u64::from(x);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn str(&mut self, s: &str) {
+        self.u64(s.len() as u64);
+        self.bytes(s.as_bytes());
+    }
+    fn stamp(&mut self, s: &Stamp) {
+        self.u64(s.clock);
+        self.str(&s.origin);
+        self.u64(s.seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    fn ev(origin: &str, seq: u64, clock: u64, kind: EventKind) -> Event {
+        Event {
+            id: EventId {
+                origin: origin.into(),
+                seq,
+            },
+            clock,
+            timestamp: Timestamp(1_000 * clock as i64),
+            request_id: None,
+            kind,
+        }
+    }
+
+    fn post(channel: &str, user: &str, message: &str) -> EventKind {
+        EventKind::ChannelMessage {
+            channel: channel.into(),
+            user: user.into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn validation_follows_state() {
+        let mut s = ChatState::new();
+        let l = Limits::default();
+        let publish = post("geral", "ana", "oi");
+        assert_eq!(
+            s.validate(&publish, &l).unwrap_err().code(),
+            ErrorCode::UnknownChannel
+        );
+        s.apply(&ev(
+            "a",
+            1,
+            1,
+            EventKind::ChannelCreated {
+                channel: "geral".into(),
+            },
+        ));
+        assert_eq!(s.validate(&publish, &l), Ok(()));
+        let again = EventKind::ChannelCreated {
+            channel: "geral".into(),
+        };
+        assert_eq!(
+            s.validate(&again, &l).unwrap_err().code(),
+            ErrorCode::AlreadyExists
+        );
+        let user_as_channel = EventKind::UserLoggedIn {
+            user: "geral".into(),
+        };
+        assert_eq!(
+            s.validate(&user_as_channel, &l).unwrap_err().code(),
+            ErrorCode::AlreadyExists
+        );
+        let dm = EventKind::DirectMessage {
+            src: "ana".into(),
+            dst: "bia".into(),
+            message: "x".into(),
+        };
+        assert_eq!(
+            s.validate(&dm, &l).unwrap_err().code(),
+            ErrorCode::UnknownUser
+        );
+    }
+
+    #[test]
+    fn apply_is_idempotent() {
+        let mut s = ChatState::new();
+        let e = ev("a", 1, 1, EventKind::UserLoggedIn { user: "ana".into() });
+        assert_eq!(s.apply(&e), ApplyOutcome::Applied);
+        let snapshot = s.clone();
+        assert_eq!(s.apply(&e), ApplyOutcome::Duplicate);
+        assert_eq!(s, snapshot);
+    }
+
+    #[test]
+    fn post_before_channel_creation_is_kept() {
+        let mut s = ChatState::new();
+        s.apply(&ev("b", 1, 5, post("geral", "ana", "early")));
+        s.apply(&ev(
+            "a",
+            1,
+            1,
+            EventKind::ChannelCreated {
+                channel: "geral".into(),
+            },
+        ));
+        let page = s
+            .history(&HistoryTarget::Channel("geral".into()), None, 10)
+            .unwrap();
+        assert_eq!(page.items.len(), 1);
+    }
+
+    #[test]
+    fn history_pages_backwards_in_stamp_order() {
+        let mut s = ChatState::new();
+        s.apply(&ev(
+            "a",
+            1,
+            1,
+            EventKind::ChannelCreated {
+                channel: "c".into(),
+            },
+        ));
+        // Same clock on two origins: ordered by origin.
+        for (i, origin) in [(2, "b"), (2, "a"), (3, "a"), (4, "c"), (5, "a")] {
+            let seq = s.applied_through(origin) + 1;
+            s.apply(&ev(
+                origin,
+                seq,
+                i,
+                post("c", origin, &format!("{i}{origin}")),
+            ));
+        }
+        let target = HistoryTarget::Channel("c".into());
+        let p1 = s.history(&target, None, 2).unwrap();
+        let bodies: Vec<_> = p1
+            .items
+            .iter()
+            .map(|p| match p {
+                Publication::Channel(c) => c.message.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(bodies, ["4c", "5a"]);
+        let p2 = s.history(&target, p1.next.as_deref(), 2).unwrap();
+        let bodies: Vec<_> = p2
+            .items
+            .iter()
+            .map(|p| match p {
+                Publication::Channel(c) => c.message.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(bodies, ["2b", "3a"]);
+        let p3 = s.history(&target, p2.next.as_deref(), 2).unwrap();
+        assert_eq!(p3.items.len(), 1);
+        assert_eq!(p3.next, None);
+        assert!(s.history(&target, Some("garbage"), 2).is_err());
+    }
+
+    #[test]
+    fn direct_history_includes_sent_and_received() {
+        let mut s = ChatState::new();
+        let dm = |src: &str, dst: &str| EventKind::DirectMessage {
+            src: src.into(),
+            dst: dst.into(),
+            message: format!("{src}->{dst}"),
+        };
+        s.apply(&ev("a", 1, 1, dm("ana", "bia")));
+        s.apply(&ev("a", 2, 2, dm("bia", "ana")));
+        s.apply(&ev("a", 3, 3, dm("bia", "caio")));
+        let ana = s
+            .history(&HistoryTarget::User("ana".into()), None, 10)
+            .unwrap();
+        assert_eq!(ana.items.len(), 2);
+        let caio = s
+            .history(&HistoryTarget::User("caio".into()), None, 10)
+            .unwrap();
+        assert_eq!(caio.items.len(), 1);
+    }
+
+    #[test]
+    fn applied_seqs_track_gaps() {
+        let mut a = AppliedSeqs::default();
+        assert!(a.insert(1));
+        assert!(a.insert(3));
+        assert!(a.insert(5));
+        assert!(!a.insert(3));
+        assert_eq!(a.contiguous(), 1);
+        assert_eq!(a.gaps(), vec![2, 4]);
+        assert!(a.insert(2));
+        assert_eq!(a.contiguous(), 3);
+        assert_eq!(a.max(), 5);
+    }
+
+    #[test]
+    fn event_wire_round_trip() {
+        let mut e = ev("server-1", 7, 42, post("geral", "ana", "olá"));
+        e.request_id = Some("r1".into());
+        for enc in [Encoding::MsgPack, Encoding::Json] {
+            let bytes = e.encode(enc).unwrap();
+            assert_eq!(Event::decode(&bytes).unwrap(), e);
+        }
+    }
+}

@@ -1,0 +1,876 @@
+//! Typed requests, replies and publications, and their conversion to and from the wire.
+//!
+//! Decoding is liberal (PROTOCOL.md): `clock`/`timestamp` in `data` or at the top level,
+//! timestamps as ISO-8601 or Unix numbers, `msg` for `message`, unknown fields ignored.
+//! Encoding is exact: the seed shapes, with `timestamp` and `clock` inside `data`.
+
+use crate::codec::{self, CodecError, Encoding};
+use crate::error::{ChatError, ErrorCode};
+use crate::time::Timestamp;
+use crate::wire::{ServerInfo, ServerStatus, WireData, WireEnvelope, WirePublication};
+
+/// Largest Lamport clock accepted from outside (2^53 - 1, the largest integer every JSON
+/// and JavaScript client represents exactly). Larger values would let one client push every
+/// clock in the cluster to saturation.
+pub const MAX_ACCEPTED_CLOCK: u64 = (1 << 53) - 1;
+
+/// Default page size of `history`.
+pub const DEFAULT_HISTORY_LIMIT: u32 = 50;
+
+/// Largest page size of `history`.
+pub const MAX_HISTORY_LIMIT: u32 = 1000;
+
+/// Every service name this system speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Service {
+    /// Register a user (and record a login time).
+    Login,
+    /// List users.
+    Users,
+    /// Create a channel.
+    Channel,
+    /// List channels.
+    Channels,
+    /// Post to a channel.
+    Publish,
+    /// Send a private message.
+    Message,
+    /// Past posts of a channel or private messages of a user.
+    History,
+    /// Server status.
+    Status,
+    /// Client presence: interest in a channel (seed 003).
+    Subscribe,
+    /// Client presence: loss of interest in a channel (seed 003).
+    Unsubscribe,
+    /// Liveness: client presence at a server, server presence at the reference.
+    Heartbeat,
+    /// Reference: get a rank for a server name.
+    Rank,
+    /// Reference: list live servers.
+    List,
+    /// Server to server: Bully election message.
+    Election,
+    /// Server to server: the winner's announcement sent directly to peers.
+    Coordinator,
+    /// Server to server: read the physical clock (Berkeley).
+    Clock,
+    /// Server to server: apply a clock adjustment (Berkeley).
+    Adjust,
+}
+
+impl Service {
+    /// All services, in wire-name order of the table in PROTOCOL.md.
+    pub const ALL: [Service; 17] = [
+        Service::Login,
+        Service::Users,
+        Service::Channel,
+        Service::Channels,
+        Service::Publish,
+        Service::Message,
+        Service::History,
+        Service::Status,
+        Service::Subscribe,
+        Service::Unsubscribe,
+        Service::Heartbeat,
+        Service::Rank,
+        Service::List,
+        Service::Election,
+        Service::Coordinator,
+        Service::Clock,
+        Service::Adjust,
+    ];
+
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Service::Login => "login",
+            Service::Users => "users",
+            Service::Channel => "channel",
+            Service::Channels => "channels",
+            Service::Publish => "publish",
+            Service::Message => "message",
+            Service::History => "history",
+            Service::Status => "status",
+            Service::Subscribe => "subscribe",
+            Service::Unsubscribe => "unsubscribe",
+            Service::Heartbeat => "heartbeat",
+            Service::Rank => "rank",
+            Service::List => "list",
+            Service::Election => "election",
+            Service::Coordinator => "coordinator",
+            Service::Clock => "clock",
+            Service::Adjust => "adjust",
+        }
+    }
+
+    /// Reads a wire name.
+    pub fn parse(s: &str) -> Option<Service> {
+        Service::ALL.into_iter().find(|svc| svc.as_str() == s)
+    }
+
+    /// The `status` a successful reply carries: `sucesso` for login/channel (seed 000),
+    /// `OK` otherwise.
+    pub const fn ok_status(self) -> &'static str {
+        match self {
+            Service::Login | Service::Channel => "sucesso",
+            _ => "OK",
+        }
+    }
+
+    /// Whether the service changes replicated state.
+    pub const fn is_write(self) -> bool {
+        matches!(
+            self,
+            Service::Login | Service::Channel | Service::Publish | Service::Message
+        )
+    }
+}
+
+/// Metadata every message carries: Lamport clock, physical time, optional request id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Lamport clock of the sender (0 when a request carried none).
+    pub clock: u64,
+    /// Physical time of the sender, when given.
+    pub timestamp: Option<Timestamp>,
+    /// Client-chosen request id: a write retried with the same id is applied once.
+    pub id: Option<String>,
+}
+
+impl Meta {
+    /// Metadata with a clock and a timestamp and no id.
+    pub fn new(clock: u64, timestamp: Timestamp) -> Self {
+        Meta {
+            clock,
+            timestamp: Some(timestamp),
+            id: None,
+        }
+    }
+}
+
+/// Whose history a `history` request asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HistoryTarget {
+    /// Posts of a channel.
+    Channel(String),
+    /// Private messages sent or received by a user.
+    User(String),
+}
+
+/// A server's announcement that it is coordinator for a term.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Announcement {
+    /// Name of the coordinator.
+    pub coordinator: String,
+    /// Term of its election (terms only grow).
+    pub term: u64,
+    /// Its rank.
+    pub rank: u64,
+}
+
+/// A request to any component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `login`: register `user`.
+    Login {
+        /// User name.
+        user: String,
+    },
+    /// `users`: list users.
+    Users,
+    /// `channel`: create `channel`.
+    Channel {
+        /// Channel name.
+        channel: String,
+    },
+    /// `channels`: list channels.
+    Channels,
+    /// `publish`: post `message` to `channel` as `user`.
+    Publish {
+        /// Author.
+        user: String,
+        /// Channel.
+        channel: String,
+        /// Body.
+        message: String,
+    },
+    /// `message`: private message from `src` to `dst`.
+    Message {
+        /// Sender.
+        src: String,
+        /// Recipient.
+        dst: String,
+        /// Body.
+        message: String,
+    },
+    /// `history`: a page of past posts or private messages, oldest first.
+    History {
+        /// Channel or user.
+        target: HistoryTarget,
+        /// Only items older than this cursor (from a previous page's `next`).
+        before: Option<String>,
+        /// Page size (default 50, at most 1000).
+        limit: u32,
+    },
+    /// `status`: what the server knows about itself and the cluster.
+    Status,
+    /// `subscribe`: presence hint (seed 003); the subscription itself is the client's SUB.
+    Subscribe {
+        /// Who.
+        user: Option<String>,
+        /// Which channel.
+        channel: Option<String>,
+    },
+    /// `unsubscribe`: presence hint (seed 003).
+    Unsubscribe {
+        /// Who.
+        user: Option<String>,
+        /// Which channel.
+        channel: Option<String>,
+    },
+    /// `heartbeat`: liveness of a client (at a server) or a server (at the reference).
+    Heartbeat {
+        /// Client or server name.
+        user: Option<String>,
+    },
+    /// `rank` (reference): a rank for server `name`, listening for peers on `endpoint`.
+    Rank {
+        /// Server name.
+        name: String,
+        /// Its peer endpoint.
+        endpoint: Option<String>,
+    },
+    /// `list` (reference): live servers.
+    List,
+    /// `election` (server to server): `from` with `rank` starts an election in `term`.
+    Election {
+        /// Sender.
+        from: String,
+        /// Sender's rank.
+        rank: u64,
+        /// Election term.
+        term: u64,
+    },
+    /// `coordinator` (server to server): the winner tells a peer directly.
+    Coordinator(Announcement),
+    /// `clock` (server to server): read the physical clock.
+    Clock,
+    /// `adjust` (server to server): correct the physical clock by `offset_ms`.
+    Adjust {
+        /// Correction in milliseconds.
+        offset_ms: i64,
+    },
+}
+
+impl Request {
+    /// The service of this request.
+    pub fn service(&self) -> Service {
+        match self {
+            Request::Login { .. } => Service::Login,
+            Request::Users => Service::Users,
+            Request::Channel { .. } => Service::Channel,
+            Request::Channels => Service::Channels,
+            Request::Publish { .. } => Service::Publish,
+            Request::Message { .. } => Service::Message,
+            Request::History { .. } => Service::History,
+            Request::Status => Service::Status,
+            Request::Subscribe { .. } => Service::Subscribe,
+            Request::Unsubscribe { .. } => Service::Unsubscribe,
+            Request::Heartbeat { .. } => Service::Heartbeat,
+            Request::Rank { .. } => Service::Rank,
+            Request::List => Service::List,
+            Request::Election { .. } => Service::Election,
+            Request::Coordinator(_) => Service::Coordinator,
+            Request::Clock => Service::Clock,
+            Request::Adjust { .. } => Service::Adjust,
+        }
+    }
+}
+
+/// A request with its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestEnvelope {
+    /// What is asked.
+    pub request: Request,
+    /// Clock, timestamp, request id.
+    pub meta: Meta,
+}
+
+/// One page of `history`, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The items, oldest first.
+    pub items: Vec<Publication>,
+    /// Cursor for the next (older) page, when there is one.
+    pub next: Option<String>,
+}
+
+/// The body of an error reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorReply {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// A sentence for people.
+    pub description: String,
+}
+
+impl From<&ChatError> for ErrorReply {
+    fn from(e: &ChatError) -> Self {
+        ErrorReply {
+            code: e.code(),
+            description: e.to_string(),
+        }
+    }
+}
+
+/// A reply from any component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Success without a payload (`status: "sucesso"` or `"OK"`).
+    Done,
+    /// `users` reply.
+    Users(Vec<String>),
+    /// `channels` reply.
+    Channels(Vec<String>),
+    /// `history` reply.
+    History(HistoryPage),
+    /// `status` reply.
+    Status(Box<ServerStatus>),
+    /// `rank` reply.
+    Rank(u64),
+    /// `list` reply.
+    List(Vec<ServerInfo>),
+    /// `election` reply: `{"election": "OK"}`.
+    Election,
+    /// `clock` reply: the server's physical time.
+    Clock(Timestamp),
+    /// Error reply: `status: "erro"` with `code` and `description`.
+    Error(ErrorReply),
+}
+
+/// A reply with its service name and metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyEnvelope {
+    /// The service of the request (echoed verbatim, even when unknown).
+    pub service: String,
+    /// The answer.
+    pub reply: Reply,
+    /// Clock, timestamp, request id (echoed).
+    pub meta: Meta,
+}
+
+/// A private message as published on the recipient's topic and kept in history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectPost {
+    /// Sender.
+    pub src: String,
+    /// Recipient.
+    pub dst: String,
+    /// Body.
+    pub message: String,
+    /// Physical time stamped by the accepting server.
+    pub timestamp: Timestamp,
+    /// Lamport stamp of the event.
+    pub clock: u64,
+    /// Event id.
+    pub id: Option<String>,
+}
+
+/// A channel post as published on the channel's topic and kept in history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelPost {
+    /// Channel.
+    pub channel: String,
+    /// Author.
+    pub user: String,
+    /// Body.
+    pub message: String,
+    /// Physical time stamped by the accepting server.
+    pub timestamp: Timestamp,
+    /// Lamport stamp of the event.
+    pub clock: u64,
+    /// Event id.
+    pub id: Option<String>,
+}
+
+/// What arrives on a channel or user topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Publication {
+    /// A post on a channel topic.
+    Channel(ChannelPost),
+    /// A private message on a user topic.
+    Direct(DirectPost),
+}
+
+impl Publication {
+    /// The topic this publication goes out on: the channel, or the recipient.
+    pub fn topic(&self) -> &str {
+        match self {
+            Publication::Channel(p) => &p.channel,
+            Publication::Direct(p) => &p.dst,
+        }
+    }
+
+    /// Lamport stamp.
+    pub fn clock(&self) -> u64 {
+        match self {
+            Publication::Channel(p) => p.clock,
+            Publication::Direct(p) => p.clock,
+        }
+    }
+
+    /// Converts to the wire shape.
+    pub fn to_wire(&self) -> WirePublication {
+        match self {
+            Publication::Channel(p) => WirePublication {
+                user: Some(p.user.clone()),
+                message: Some(p.message.clone()),
+                timestamp: Some(p.timestamp),
+                clock: Some(p.clock),
+                channel: Some(p.channel.clone()),
+                id: p.id.clone(),
+                ..WirePublication::default()
+            },
+            Publication::Direct(p) => WirePublication {
+                src: Some(p.src.clone()),
+                message: Some(p.message.clone()),
+                timestamp: Some(p.timestamp),
+                clock: Some(p.clock),
+                dst: Some(p.dst.clone()),
+                id: p.id.clone(),
+                ..WirePublication::default()
+            },
+        }
+    }
+
+    /// Reads the wire shape; `topic` fills in the channel or recipient when the payload
+    /// omits it (seed servers do).
+    pub fn from_wire(w: WirePublication, topic: Option<&str>) -> Result<Publication, ChatError> {
+        let message = w.message.ok_or_else(|| missing("publication", "message"))?;
+        let timestamp = w.timestamp.unwrap_or_default();
+        let clock = w.clock.unwrap_or(0);
+        if let Some(src) = w.src {
+            let dst = w
+                .dst
+                .or_else(|| topic.map(str::to_string))
+                .ok_or_else(|| missing("publication", "dst"))?;
+            return Ok(Publication::Direct(DirectPost {
+                src,
+                dst,
+                message,
+                timestamp,
+                clock,
+                id: w.id,
+            }));
+        }
+        let user = w.user.ok_or_else(|| missing("publication", "user"))?;
+        let channel = w
+            .channel
+            .or_else(|| topic.map(str::to_string))
+            .ok_or_else(|| missing("publication", "channel"))?;
+        Ok(Publication::Channel(ChannelPost {
+            channel,
+            user,
+            message,
+            timestamp,
+            clock,
+            id: w.id,
+        }))
+    }
+}
+
+fn missing(service: &str, field: &'static str) -> ChatError {
+    ChatError::MissingField {
+        service: service.to_string(),
+        field,
+    }
+}
+
+fn required(v: Option<String>, service: Service, field: &'static str) -> Result<String, ChatError> {
+    v.ok_or_else(|| missing(service.as_str(), field))
+}
+
+fn check_clock(clock: Option<u64>) -> Result<u64, ChatError> {
+    match clock {
+        Some(c) if c > MAX_ACCEPTED_CLOCK => Err(ChatError::InvalidField {
+            field: "clock",
+            reason: format!("{c} is larger than the largest accepted clock {MAX_ACCEPTED_CLOCK}"),
+        }),
+        Some(c) => Ok(c),
+        None => Ok(0),
+    }
+}
+
+impl RequestEnvelope {
+    /// Converts to the wire shape.
+    pub fn to_wire(&self) -> WireEnvelope {
+        let mut d = WireData::default();
+        match &self.request {
+            Request::Login { user } => d.user = Some(user.clone()),
+            Request::Users
+            | Request::Channels
+            | Request::Status
+            | Request::List
+            | Request::Clock => {}
+            Request::Channel { channel } => d.channel = Some(channel.clone()),
+            Request::Publish {
+                user,
+                channel,
+                message,
+            } => {
+                d.user = Some(user.clone());
+                d.channel = Some(channel.clone());
+                d.message = Some(message.clone());
+            }
+            Request::Message { src, dst, message } => {
+                d.src = Some(src.clone());
+                d.dst = Some(dst.clone());
+                d.message = Some(message.clone());
+            }
+            Request::History {
+                target,
+                before,
+                limit,
+            } => {
+                match target {
+                    HistoryTarget::Channel(c) => d.channel = Some(c.clone()),
+                    HistoryTarget::User(u) => d.user = Some(u.clone()),
+                }
+                d.before = before.clone();
+                d.limit = Some(u64::from(*limit));
+            }
+            Request::Subscribe { user, channel } | Request::Unsubscribe { user, channel } => {
+                d.user = user.clone();
+                d.channel = channel.clone();
+            }
+            Request::Heartbeat { user } => d.user = user.clone(),
+            Request::Rank { name, endpoint } => {
+                d.user = Some(name.clone());
+                d.endpoint = endpoint.clone();
+            }
+            Request::Election { from, rank, term } => {
+                d.user = Some(from.clone());
+                d.rank = Some(*rank);
+                d.term = Some(*term);
+            }
+            Request::Coordinator(a) => {
+                d.coordinator = Some(a.coordinator.clone());
+                d.term = Some(a.term);
+                d.rank = Some(a.rank);
+            }
+            Request::Adjust { offset_ms } => d.adjust_ms = Some(*offset_ms),
+        }
+        d.id = self.meta.id.clone();
+        d.timestamp = self.meta.timestamp;
+        d.clock = Some(self.meta.clock);
+        WireEnvelope {
+            service: Some(self.request.service().as_str().to_string()),
+            data: Some(d),
+            ..WireEnvelope::default()
+        }
+    }
+
+    /// Reads the wire shape, checking that the service exists and has its fields.
+    pub fn from_wire(w: WireEnvelope) -> Result<RequestEnvelope, ChatError> {
+        let name = w.service.ok_or(ChatError::MissingService)?;
+        let service = Service::parse(&name)
+            .ok_or_else(|| ChatError::UnknownService(name.chars().take(64).collect()))?;
+        let d = w.data.unwrap_or_default();
+        let meta = Meta {
+            clock: check_clock(d.clock.or(w.clock))?,
+            timestamp: d.timestamp.or(w.timestamp),
+            id: d.id,
+        };
+        let request = match service {
+            Service::Login => Request::Login {
+                user: required(d.user, service, "user")?,
+            },
+            Service::Users => Request::Users,
+            Service::Channel => Request::Channel {
+                channel: required(d.channel, service, "channel")?,
+            },
+            Service::Channels => Request::Channels,
+            Service::Publish => Request::Publish {
+                user: required(d.user, service, "user")?,
+                channel: required(d.channel, service, "channel")?,
+                message: required(d.message, service, "message")?,
+            },
+            Service::Message => Request::Message {
+                src: required(d.src.or(d.user), service, "src")?,
+                dst: required(d.dst, service, "dst")?,
+                message: required(d.message, service, "message")?,
+            },
+            Service::History => {
+                let target = match (d.channel, d.user) {
+                    (Some(c), _) => HistoryTarget::Channel(c),
+                    (None, Some(u)) => HistoryTarget::User(u),
+                    (None, None) => return Err(missing("history", "channel` or `data.user")),
+                };
+                let limit = match d.limit {
+                    None => DEFAULT_HISTORY_LIMIT,
+                    Some(0) => {
+                        return Err(ChatError::InvalidField {
+                            field: "limit",
+                            reason: "must be at least 1".into(),
+                        })
+                    }
+                    Some(n) => u32::try_from(n).unwrap_or(u32::MAX).min(MAX_HISTORY_LIMIT),
+                };
+                Request::History {
+                    target,
+                    before: d.before,
+                    limit,
+                }
+            }
+            Service::Status => Request::Status,
+            Service::Subscribe => Request::Subscribe {
+                user: d.user,
+                channel: d.channel,
+            },
+            Service::Unsubscribe => Request::Unsubscribe {
+                user: d.user,
+                channel: d.channel,
+            },
+            Service::Heartbeat => Request::Heartbeat { user: d.user },
+            Service::Rank => Request::Rank {
+                name: required(d.user, service, "user")?,
+                endpoint: d.endpoint,
+            },
+            Service::List => Request::List,
+            Service::Election => Request::Election {
+                from: required(d.user, service, "user")?,
+                rank: d.rank.ok_or_else(|| missing("election", "rank"))?,
+                term: d.term.unwrap_or(0),
+            },
+            Service::Coordinator => Request::Coordinator(Announcement {
+                coordinator: required(d.coordinator, service, "coordinator")?,
+                term: d.term.ok_or_else(|| missing("coordinator", "term"))?,
+                rank: d.rank.ok_or_else(|| missing("coordinator", "rank"))?,
+            }),
+            Service::Clock => Request::Clock,
+            Service::Adjust => Request::Adjust {
+                offset_ms: d.adjust_ms.ok_or_else(|| missing("adjust", "adjust_ms"))?,
+            },
+        };
+        Ok(RequestEnvelope { request, meta })
+    }
+}
+
+impl ReplyEnvelope {
+    /// An error reply to `service`.
+    pub fn error(service: impl Into<String>, err: &ChatError, meta: Meta) -> ReplyEnvelope {
+        ReplyEnvelope {
+            service: service.into(),
+            reply: Reply::Error(err.into()),
+            meta,
+        }
+    }
+
+    /// Converts to the wire shape.
+    pub fn to_wire(&self) -> WireEnvelope {
+        let mut d = WireData::default();
+        let ok = Service::parse(&self.service).map_or("OK", Service::ok_status);
+        match &self.reply {
+            Reply::Done => d.status = Some(ok.to_string()),
+            Reply::Users(u) => d.users = Some(u.clone()),
+            Reply::Channels(c) => d.channels = Some(c.clone()),
+            Reply::History(page) => {
+                d.messages = Some(page.items.iter().map(Publication::to_wire).collect());
+                d.next = page.next.clone();
+            }
+            Reply::Status(s) => d.server = Some((**s).clone()),
+            Reply::Rank(r) => d.rank = Some(*r),
+            Reply::List(l) => d.list = Some(l.clone()),
+            Reply::Election => d.election = Some("OK".to_string()),
+            Reply::Clock(t) => d.time = Some(*t),
+            Reply::Error(e) => {
+                d.status = Some("erro".to_string());
+                d.description = Some(e.description.clone());
+                d.code = Some(e.code.as_str().to_string());
+            }
+        }
+        d.id = self.meta.id.clone();
+        d.timestamp = self.meta.timestamp;
+        d.clock = Some(self.meta.clock);
+        WireEnvelope {
+            service: Some(self.service.clone()),
+            data: Some(d),
+            ..WireEnvelope::default()
+        }
+    }
+
+    /// Reads the wire shape of a reply (client side). `status: "erro"` is always an error.
+    pub fn from_wire(w: WireEnvelope) -> Result<ReplyEnvelope, ChatError> {
+        let name = w.service.unwrap_or_default();
+        let d = w.data.unwrap_or_default();
+        let meta = Meta {
+            clock: check_clock(d.clock.or(w.clock))?,
+            timestamp: d.timestamp.or(w.timestamp),
+            id: d.id,
+        };
+        let reply = if d.status.as_deref() == Some("erro") {
+            Reply::Error(ErrorReply {
+                code: d
+                    .code
+                    .as_deref()
+                    .map_or(ErrorCode::Other(String::new()), ErrorCode::parse),
+                description: d.description.unwrap_or_default(),
+            })
+        } else {
+            match Service::parse(&name) {
+                Some(Service::Users) => {
+                    Reply::Users(d.users.ok_or_else(|| missing("users", "users"))?)
+                }
+                Some(Service::Channels) => {
+                    Reply::Channels(d.channels.ok_or_else(|| missing("channels", "channels"))?)
+                }
+                Some(Service::History) => Reply::History(HistoryPage {
+                    items: d
+                        .messages
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|p| Publication::from_wire(p, None))
+                        .collect::<Result<_, _>>()?,
+                    next: d.next,
+                }),
+                Some(Service::Status) => Reply::Status(Box::new(
+                    d.server.ok_or_else(|| missing("status", "server"))?,
+                )),
+                Some(Service::Rank) => Reply::Rank(d.rank.ok_or_else(|| missing("rank", "rank"))?),
+                Some(Service::List) => Reply::List(d.list.ok_or_else(|| missing("list", "list"))?),
+                Some(Service::Election) => Reply::Election,
+                Some(Service::Clock) => Reply::Clock(
+                    d.time
+                        .or(d.timestamp)
+                        .ok_or_else(|| missing("clock", "time"))?,
+                ),
+                _ => Reply::Done,
+            }
+        };
+        Ok(ReplyEnvelope {
+            service: name,
+            reply,
+            meta,
+        })
+    }
+}
+
+/// An announcement on the `servers` topic: `{"service": "election", "data": {"coordinator", "term", "rank"}}`.
+pub fn announcement_to_wire(a: &Announcement, meta: &Meta) -> WireEnvelope {
+    WireEnvelope {
+        service: Some(Service::Election.as_str().to_string()),
+        data: Some(WireData {
+            coordinator: Some(a.coordinator.clone()),
+            term: Some(a.term),
+            rank: Some(a.rank),
+            timestamp: meta.timestamp,
+            clock: Some(meta.clock),
+            ..WireData::default()
+        }),
+        ..WireEnvelope::default()
+    }
+}
+
+/// Why a request frame could not be turned into a request, with what is needed to answer it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestFailure {
+    /// What went wrong.
+    pub error: ChatError,
+    /// The encoding to answer in.
+    pub encoding: Encoding,
+    /// The service named by the frame, if it could be read.
+    pub service: Option<String>,
+    /// The sender's clock, if it could be read (already range-checked).
+    pub clock: u64,
+    /// The request id, if it could be read.
+    pub id: Option<String>,
+}
+
+/// Decodes a request frame (MessagePack or JSON).
+pub fn decode_request(bytes: &[u8]) -> Result<(RequestEnvelope, Encoding), Box<RequestFailure>> {
+    let (wire, encoding) = codec::decode::<WireEnvelope>(bytes).map_err(|(e, encoding)| {
+        Box::new(RequestFailure {
+            error: ChatError::BadFrame(e.0),
+            encoding,
+            service: None,
+            clock: 0,
+            id: None,
+        })
+    })?;
+    let service = wire.service.clone();
+    let (clock, id) = match &wire.data {
+        Some(d) => (d.clock.or(wire.clock), d.id.clone()),
+        None => (wire.clock, None),
+    };
+    RequestEnvelope::from_wire(wire)
+        .map(|r| (r, encoding))
+        .map_err(|error| {
+            Box::new(RequestFailure {
+                error,
+                encoding,
+                service,
+                clock: clock.filter(|c| *c <= MAX_ACCEPTED_CLOCK).unwrap_or(0),
+                id,
+            })
+        })
+}
+
+/// Encodes a request.
+pub fn encode_request(env: &RequestEnvelope, encoding: Encoding) -> Result<Vec<u8>, CodecError> {
+    codec::encode(&env.to_wire(), encoding)
+}
+
+/// Decodes a reply frame (MessagePack or JSON).
+pub fn decode_reply(bytes: &[u8]) -> Result<(ReplyEnvelope, Encoding), ChatError> {
+    let (wire, encoding) =
+        codec::decode::<WireEnvelope>(bytes).map_err(|(e, _)| ChatError::BadFrame(e.0))?;
+    Ok((ReplyEnvelope::from_wire(wire)?, encoding))
+}
+
+/// Encodes a reply.
+pub fn encode_reply(env: &ReplyEnvelope, encoding: Encoding) -> Result<Vec<u8>, CodecError> {
+    codec::encode(&env.to_wire(), encoding)
+}
+
+/// Encodes a publication payload (the second frame after the topic).
+pub fn encode_publication(p: &Publication, encoding: Encoding) -> Result<Vec<u8>, CodecError> {
+    codec::encode(&p.to_wire(), encoding)
+}
+
+/// Decodes a publication received on `topic`.
+pub fn decode_publication(topic: &str, bytes: &[u8]) -> Result<Publication, ChatError> {
+    let (wire, _) =
+        codec::decode::<WirePublication>(bytes).map_err(|(e, _)| ChatError::BadFrame(e.0))?;
+    let p = Publication::from_wire(wire, Some(topic))?;
+    check_clock(Some(p.clock()))?;
+    Ok(p)
+}
+
+/// Encodes an announcement for the `servers` topic.
+pub fn encode_announcement(
+    a: &Announcement,
+    meta: &Meta,
+    encoding: Encoding,
+) -> Result<Vec<u8>, CodecError> {
+    codec::encode(&announcement_to_wire(a, meta), encoding)
+}
+
+/// Decodes an announcement from the `servers` topic.
+pub fn decode_announcement(bytes: &[u8]) -> Result<(Announcement, Meta), ChatError> {
+    let (w, _) = codec::decode::<WireEnvelope>(bytes).map_err(|(e, _)| ChatError::BadFrame(e.0))?;
+    let d = w.data.unwrap_or_default();
+    let a = Announcement {
+        coordinator: d
+            .coordinator
+            .ok_or_else(|| missing("election", "coordinator"))?,
+        term: d.term.unwrap_or(0),
+        rank: d.rank.unwrap_or(0),
+    };
+    let meta = Meta {
+        clock: check_clock(d.clock.or(w.clock))?,
+        timestamp: d.timestamp.or(w.timestamp),
+        id: d.id,
+    };
+    Ok((a, meta))
+}
