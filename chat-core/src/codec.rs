@@ -49,11 +49,20 @@ pub fn encode<T: Serialize + ?Sized>(value: &T, encoding: Encoding) -> Result<Ve
     }
 }
 
+/// Deepest MessagePack nesting accepted (serde_json's limit). rmp-serde's own default of
+/// 1024 levels needs more than 2 MiB of stack in debug builds, so a 1 KiB frame of nested
+/// arrays would overflow a spawned thread's stack and abort the process.
+const MAX_MSGPACK_DEPTH: usize = 128;
+
 /// Decodes a frame, detecting its encoding; returns the value and the encoding found.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, Encoding), (CodecError, Encoding)> {
     let encoding = Encoding::detect(bytes);
     let result = match encoding {
-        Encoding::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| CodecError(e.to_string())),
+        Encoding::MsgPack => {
+            let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+            de.set_max_depth(MAX_MSGPACK_DEPTH);
+            T::deserialize(&mut de).map_err(|e| CodecError(e.to_string()))
+        }
         Encoding::Json => serde_json::from_slice(bytes).map_err(|e| CodecError(e.to_string())),
     };
     match result {

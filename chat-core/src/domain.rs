@@ -396,14 +396,22 @@ pub enum ApplyOutcome {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChatState {
     users: BTreeMap<String, BTreeMap<Stamp, Timestamp>>,
-    channels: BTreeMap<String, Stamp>,
+    channels: BTreeMap<String, BTreeSet<Stamp>>,
     posts: BTreeMap<String, BTreeMap<Stamp, ChannelPost>>,
     directs: BTreeMap<Stamp, DirectPost>,
     direct_index: BTreeMap<String, BTreeSet<Stamp>>,
     applied: BTreeMap<String, AppliedSeqs>,
-    requests: BTreeMap<String, EventId>,
+    requests: BTreeMap<String, RequestWinner>,
     max_clock: u64,
     events: u64,
+}
+
+/// The visible event of a client request id, and what to remove if an earlier copy appears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RequestWinner {
+    id: EventId,
+    stamp: Stamp,
+    kind: EventKind,
 }
 
 impl ChatState {
@@ -461,6 +469,11 @@ impl ChatState {
     }
 
     /// Applies an event; idempotent and commutative.
+    ///
+    /// Events that carry the same client request id are one write accepted twice (a retry
+    /// that reached another server before the first copy was replicated): all of them are
+    /// recorded as applied, but only the one with the smallest event id is visible in
+    /// users, channels and history. Which one that is does not depend on arrival order.
     pub fn apply(&mut self, e: &Event) -> ApplyOutcome {
         if !self
             .applied
@@ -472,16 +485,32 @@ impl ChatState {
         }
         self.events += 1;
         self.max_clock = self.max_clock.max(e.clock);
-        if let Some(rid) = &e.request_id {
-            let slot = self
-                .requests
-                .entry(rid.clone())
-                .or_insert_with(|| e.id.clone());
-            if e.id < *slot {
-                *slot = e.id.clone();
-            }
-        }
         let stamp = e.stamp();
+        if let Some(rid) = &e.request_id {
+            match self.requests.get(rid) {
+                Some(winner) if winner.id < e.id => return ApplyOutcome::Applied,
+                Some(winner) => {
+                    let loser = winner.clone();
+                    self.hide(&loser.stamp, &loser.kind);
+                }
+                None => {}
+            }
+            // Keep what `hide` needs, not the message body.
+            let mut kind = e.kind.clone();
+            if let EventKind::ChannelMessage { message, .. }
+            | EventKind::DirectMessage { message, .. } = &mut kind
+            {
+                message.clear();
+            }
+            self.requests.insert(
+                rid.clone(),
+                RequestWinner {
+                    id: e.id.clone(),
+                    stamp: stamp.clone(),
+                    kind,
+                },
+            );
+        }
         match &e.kind {
             EventKind::UserLoggedIn { user } => {
                 self.users
@@ -490,13 +519,10 @@ impl ChatState {
                     .insert(stamp, e.timestamp);
             }
             EventKind::ChannelCreated { channel } => {
-                let slot = self
-                    .channels
+                self.channels
                     .entry(channel.clone())
-                    .or_insert_with(|| stamp.clone());
-                if stamp < *slot {
-                    *slot = stamp;
-                }
+                    .or_default()
+                    .insert(stamp);
             }
             EventKind::ChannelMessage { channel, .. } => {
                 if let Some(Publication::Channel(post)) = e.publication() {
@@ -523,6 +549,48 @@ impl ChatState {
         ApplyOutcome::Applied
     }
 
+    /// Removes a visible event's content (it lost to an earlier copy of the same request).
+    fn hide(&mut self, stamp: &Stamp, kind: &EventKind) {
+        fn remove_empty<K: Ord + Clone, V>(
+            map: &mut BTreeMap<K, V>,
+            key: &K,
+            empty: impl Fn(&V) -> bool,
+        ) {
+            if map.get(key).is_some_and(empty) {
+                map.remove(key);
+            }
+        }
+        match kind {
+            EventKind::UserLoggedIn { user } => {
+                if let Some(logins) = self.users.get_mut(user) {
+                    logins.remove(stamp);
+                }
+                remove_empty(&mut self.users, user, BTreeMap::is_empty);
+            }
+            EventKind::ChannelCreated { channel } => {
+                if let Some(creations) = self.channels.get_mut(channel) {
+                    creations.remove(stamp);
+                }
+                remove_empty(&mut self.channels, channel, BTreeSet::is_empty);
+            }
+            EventKind::ChannelMessage { channel, .. } => {
+                if let Some(log) = self.posts.get_mut(channel) {
+                    log.remove(stamp);
+                }
+                remove_empty(&mut self.posts, channel, BTreeMap::is_empty);
+            }
+            EventKind::DirectMessage { src, dst, .. } => {
+                self.directs.remove(stamp);
+                for u in [src, dst] {
+                    if let Some(index) = self.direct_index.get_mut(u) {
+                        index.remove(stamp);
+                    }
+                    remove_empty(&mut self.direct_index, u, BTreeSet::is_empty);
+                }
+            }
+        }
+    }
+
     /// Whether an event was applied.
     pub fn contains(&self, id: &EventId) -> bool {
         self.applied
@@ -532,7 +600,7 @@ impl ChatState {
 
     /// The event that a client request id produced, if any.
     pub fn event_for_request(&self, request_id: &str) -> Option<&EventId> {
-        self.requests.get(request_id)
+        self.requests.get(request_id).map(|w| &w.id)
     }
 
     /// Sequence numbers applied per origin.
@@ -599,7 +667,9 @@ impl ChatState {
         self.directs.values()
     }
 
-    /// A page of history, oldest first: the `limit` newest items strictly before `before`.
+    /// A page of history, oldest first: the `limit` newest items strictly before `before`,
+    /// cut earlier if their bodies add up to more than [`HISTORY_PAGE_BYTES`] (at least one
+    /// item is always returned, so paging always progresses).
     pub fn history(
         &self,
         target: &HistoryTarget,
@@ -622,12 +692,13 @@ impl ChatState {
                     }
                     None => Box::new(log.iter().rev()),
                 };
+                let mut budget = PageBudget::new(limit);
                 let page: Vec<_> = it
                     .by_ref()
-                    .take(limit)
+                    .take_while(|(_, p)| budget.admit(p.message.len()))
                     .map(|(s, p)| (s.clone(), Publication::Channel(p.clone())))
                     .collect();
-                (page, it.next().is_some())
+                (page, budget.refused || it.next().is_some())
             }
             HistoryTarget::User(u) => {
                 let Some(index) = self.direct_index.get(u) else {
@@ -642,16 +713,19 @@ impl ChatState {
                     }
                     None => Box::new(index.iter().rev()),
                 };
+                let mut budget = PageBudget::new(limit);
                 let page: Vec<_> = it
                     .by_ref()
-                    .take(limit)
+                    .take_while(|s| {
+                        budget.admit(self.directs.get(*s).map_or(0, |p| p.message.len()))
+                    })
                     .filter_map(|s| {
                         self.directs
                             .get(s)
                             .map(|p| (s.clone(), Publication::Direct(p.clone())))
                     })
                     .collect();
-                (page, it.next().is_some())
+                (page, budget.refused || it.next().is_some())
             }
         };
         items.reverse();
@@ -676,9 +750,11 @@ impl ChatState {
                 h.u64(t.millis() as u64);
             }
         }
-        for (c, s) in &self.channels {
+        for (c, creations) in &self.channels {
             h.str(c);
-            h.stamp(s);
+            for s in creations {
+                h.stamp(s);
+            }
         }
         for (c, log) in &self.posts {
             h.str(c);
@@ -697,6 +773,42 @@ impl ChatState {
             h.u64(p.timestamp.millis() as u64);
         }
         format!("{:016x}", h.0)
+    }
+}
+
+/// Most message bytes in one history page, so a reply stays well under the 1 MiB frame limit.
+pub const HISTORY_PAGE_BYTES: usize = 512 * 1024;
+
+/// Counts items and bytes admitted to a history page.
+struct PageBudget {
+    items: usize,
+    bytes: usize,
+    limit: usize,
+    /// An item was refused (so there is more history before this page).
+    refused: bool,
+}
+
+impl PageBudget {
+    fn new(limit: usize) -> Self {
+        PageBudget {
+            items: 0,
+            bytes: 0,
+            limit,
+            refused: false,
+        }
+    }
+
+    /// Whether one more item of `len` body bytes fits (the first always does).
+    fn admit(&mut self, len: usize) -> bool {
+        let fits =
+            self.items == 0 || (self.items < self.limit && self.bytes + len <= HISTORY_PAGE_BYTES);
+        if fits {
+            self.items += 1;
+            self.bytes += len;
+        } else {
+            self.refused = true;
+        }
+        fits
     }
 }
 
@@ -807,6 +919,47 @@ mod tests {
     }
 
     #[test]
+    fn copies_of_one_request_show_once_whatever_the_order() {
+        let copy = |origin: &str, clock: u64, kind: EventKind| {
+            let mut e = ev(origin, 1, clock, kind);
+            e.request_id = Some("r1".into());
+            e
+        };
+        let kinds = [
+            post("c", "ana", "hello"),
+            EventKind::UserLoggedIn { user: "ana".into() },
+            EventKind::ChannelCreated {
+                channel: "c".into(),
+            },
+            EventKind::DirectMessage {
+                src: "ana".into(),
+                dst: "bia".into(),
+                message: "x".into(),
+            },
+        ];
+        for kind in kinds {
+            let a = copy("a", 7, kind.clone());
+            let b = copy("b", 3, kind.clone());
+            let mut one = ChatState::new();
+            one.apply(&a);
+            one.apply(&b);
+            let mut two = ChatState::new();
+            two.apply(&b);
+            two.apply(&a);
+            assert_eq!(one, two, "{kind:?}");
+            assert_eq!(one.digest(), two.digest());
+            assert_eq!(
+                one.event_for_request("r1").map(|id| id.origin.as_str()),
+                Some("a")
+            );
+            assert_eq!(one.event_count(), 2);
+            let mut single = ChatState::new();
+            single.apply(&a);
+            assert_eq!(one.digest(), single.digest(), "only the winner is visible");
+        }
+    }
+
+    #[test]
     fn post_before_channel_creation_is_kept() {
         let mut s = ChatState::new();
         s.apply(&ev("b", 1, 5, post("geral", "ana", "early")));
@@ -870,6 +1023,37 @@ mod tests {
         assert_eq!(p3.items.len(), 1);
         assert_eq!(p3.next, None);
         assert!(s.history(&target, Some("garbage"), 2).is_err());
+    }
+
+    #[test]
+    fn history_pages_are_cut_by_bytes_and_still_page_through() {
+        let mut s = ChatState::new();
+        s.apply(&ev(
+            "a",
+            1,
+            1,
+            EventKind::ChannelCreated {
+                channel: "c".into(),
+            },
+        ));
+        let big = "x".repeat(HISTORY_PAGE_BYTES / 3 + 1);
+        for i in 0..7u64 {
+            s.apply(&ev("a", i + 2, i + 2, post("c", "ana", &big)));
+        }
+        let target = HistoryTarget::Channel("c".into());
+        let (mut seen, mut before, mut pages) = (0, None, 0);
+        loop {
+            let page = s.history(&target, before.as_deref(), 1000).unwrap();
+            assert!(!page.items.is_empty() && page.items.len() <= 2);
+            seen += page.items.len();
+            pages += 1;
+            match page.next {
+                Some(n) => before = Some(n),
+                None => break,
+            }
+            assert!(pages < 10);
+        }
+        assert_eq!(seen, 7);
     }
 
     #[test]

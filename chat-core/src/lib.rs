@@ -8,7 +8,7 @@
 //!   conversion to and from the seed-shaped wire maps (liberal in, exact out).
 //! - [`wire`]: the flat serde structs that are actually encoded.
 //! - [`codec`]: MessagePack and JSON, one function each way, chosen by the first byte.
-//! - [`clock`]: [`LamportClock`].
+//! - [`clock`]: the Lamport clock, [`LamportClock`].
 //! - [`time`]: [`Timestamp`], ISO-8601 out, ISO-8601 or Unix numbers in.
 //! - [`domain`]: [`ChatState`], the replicated state machine (validate, apply, query).
 //! - [`validate`]: naming rules and size limits.

@@ -127,6 +127,12 @@ impl Service {
     }
 }
 
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Metadata every message carries: Lamport clock, physical time, optional request id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Meta {

@@ -11,6 +11,11 @@ use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Earliest accepted time: 0000-01-01T00:00:00Z (ISO-8601 cannot write earlier years plainly).
+const MIN_MS: i64 = -62_167_219_200_000;
+/// Latest accepted time: 9999-12-31T23:59:59.999Z (so everything we accept we can write back).
+const MAX_MS: i64 = 253_402_300_799_999;
+
 /// Numbers whose magnitude is above this are read as milliseconds, not seconds.
 const MILLIS_THRESHOLD: f64 = 1.0e11;
 
@@ -43,19 +48,27 @@ impl Timestamp {
     pub fn parse_iso(s: &str) -> Result<Self, BadTimestamp> {
         let t = s.trim();
         if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
-            return Ok(Timestamp(dt.timestamp_millis()));
+            return Self::in_range(dt.timestamp_millis(), s);
         }
         for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
             if let Ok(n) = NaiveDateTime::parse_from_str(t, fmt) {
-                return Ok(Timestamp(n.and_utc().timestamp_millis()));
+                return Self::in_range(n.and_utc().timestamp_millis(), s);
             }
         }
         for fmt in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%z"] {
             if let Ok(dt) = DateTime::parse_from_str(t, fmt) {
-                return Ok(Timestamp(dt.timestamp_millis()));
+                return Self::in_range(dt.timestamp_millis(), s);
             }
         }
         Err(BadTimestamp(s.chars().take(64).collect()))
+    }
+
+    fn in_range(ms: i64, original: &str) -> Result<Self, BadTimestamp> {
+        if (MIN_MS..=MAX_MS).contains(&ms) {
+            Ok(Timestamp(ms))
+        } else {
+            Err(BadTimestamp(original.chars().take(64).collect()))
+        }
     }
 
     /// Reads a Unix time given as seconds (or milliseconds, when larger than 10^11).
@@ -68,8 +81,7 @@ impl Timestamp {
         } else {
             v * 1000.0
         };
-        // chrono supports roughly +/- 262,000 years; stay well within i64 and chrono.
-        if ms.abs() > 8.0e15 {
+        if !(MIN_MS as f64..=MAX_MS as f64).contains(&ms) {
             return Err(BadTimestamp(v.to_string()));
         }
         Ok(Timestamp(ms.round() as i64))
@@ -82,7 +94,7 @@ impl Timestamp {
         } else {
             v.saturating_mul(1000)
         };
-        if ms.unsigned_abs() > 8_000_000_000_000_000 {
+        if !(MIN_MS..=MAX_MS).contains(&ms) {
             return Err(BadTimestamp(v.to_string()));
         }
         Ok(Timestamp(ms))
@@ -176,5 +188,9 @@ mod tests {
         assert!(Timestamp::from_unix_f64(f64::NAN).is_err());
         assert!(Timestamp::from_unix_f64(1e300).is_err());
         assert!(Timestamp::from_unix_i64(i64::MAX).is_err());
+        // Everything accepted can be written back and read again.
+        assert!(Timestamp::from_unix_i64(260_000_000_000_000).is_err());
+        let last = Timestamp::from_unix_i64(253_402_300_799_999).unwrap();
+        assert_eq!(Timestamp::parse_iso(&last.to_iso()), Ok(last));
     }
 }

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use chat_core::{Event, Stamp};
 
+mod checked;
 pub mod export;
 pub mod memory;
 pub mod sqlite;
@@ -36,6 +37,17 @@ pub enum StoreError {
     /// A file could not be read or written.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// An event given to `append` cannot be stored faithfully (nothing of the batch was written).
+    #[error("event cannot be stored: {0}")]
+    InvalidEvent(String),
+    /// The database was written by a build with a schema this build does not know.
+    #[error("database schema version {found} is not supported (this build reads version {supported}); use a matching build or another data directory")]
+    UnsupportedSchema {
+        /// Version found in the database (`PRAGMA user_version`).
+        found: i64,
+        /// Version this build reads and writes.
+        supported: i64,
+    },
 }
 
 /// Where events live between restarts.
@@ -48,14 +60,24 @@ pub trait Store: Send {
     fn load_all(&self) -> Result<Vec<Event>, StoreError>;
 
     /// Events of `origin` with sequence numbers greater than `after_seq`, ascending, at most `limit`.
-    fn events_after(&self, origin: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
+    fn events_after(
+        &self,
+        origin: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError>;
 
     /// For each origin, the highest sequence number `n` such that 1..=n are all stored.
     fn applied(&self) -> Result<BTreeMap<String, u64>, StoreError>;
 
     /// Channel posts of `channel` strictly before `before` (all when `None`), newest `limit`
     /// of them, returned oldest first.
-    fn channel_history(&self, channel: &str, before: Option<&Stamp>, limit: usize) -> Result<Vec<Event>, StoreError>;
+    fn channel_history(
+        &self,
+        channel: &str,
+        before: Option<&Stamp>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError>;
 
     /// A named value (e.g. `term`, `lamport`), if set.
     fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError>;

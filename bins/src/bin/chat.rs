@@ -1,1 +1,51 @@
-fn main() {}
+//! `chat`: the multi-call binary. `chat up` runs the whole cluster; `chat broker|proxy|server|...`
+//! run one component (the same code as the dedicated binaries).
+
+use bins::daemons::{BrokerArgs, ProxyArgs, ServerArgs};
+use bins::up::UpArgs;
+use clap::{Parser, Subcommand};
+
+/// Replicated chat over ZeroMQ.
+///
+/// `chat up` starts broker, proxy, 3 servers and 2 bots on loopback; Ctrl-C stops them.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the whole cluster on loopback (broker, proxy, servers, bots).
+    Up(UpArgs),
+    /// Run the request broker.
+    Broker(BrokerArgs),
+    /// Run the pub/sub proxy.
+    Proxy(ProxyArgs),
+    /// Run one chat server.
+    Server(ServerArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let shutdown = bins::install_shutdown();
+    match cli.command {
+        Cmd::Up(args) => {
+            let exe = std::env::current_exe()?;
+            bins::up::run_up(&args, &exe, &shutdown)
+        }
+        Cmd::Broker(args) => {
+            bins::init_logging("broker");
+            bins::daemons::broker(&args, &shutdown)
+        }
+        Cmd::Proxy(args) => {
+            bins::init_logging("proxy");
+            bins::daemons::proxy(&args, &shutdown)
+        }
+        Cmd::Server(args) => {
+            bins::init_logging("server");
+            bins::daemons::server(&args, &shutdown)
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Flags and entry points of the long-running components: broker, proxy, server.
+//!
+//! Each `*Args` is a `clap` argument set used both by its own binary (`chat-broker`, ...)
+//! and by the multi-call `chat` binary (`chat broker ...`), so `chat up` can start every
+//! component from one executable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chat_core::{Encoding, Limits};
+use chat_net::broker::{run_broker, BrokerConfig};
+use chat_net::proxy::{run_proxy, ProxyConfig};
+use chat_net::server::{run_server, ServerConfig};
+use chat_net::Shutdown;
+use chat_store::{MemoryStore, SqliteStore, Store};
+use clap::{Args, Subcommand};
+
+/// Prints the endpoints a component actually bound, on stdout, for scripts and tests.
+fn announce(component: &str, pairs: &[(&str, &str)]) {
+    let fields: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("{component} listening {}", fields.join(" "));
+}
+
+/// `chat-broker`: the reliable request broker between clients and servers.
+#[derive(Debug, Clone, Args)]
+pub struct BrokerArgs {
+    /// Endpoint clients connect to (ROUTER).
+    #[arg(long, env = "CHAT_FRONTEND", default_value = "tcp://*:5555")]
+    pub frontend: String,
+    /// Endpoint servers connect to (ROUTER, READY/HB/REQ/REP protocol).
+    #[arg(long, env = "CHAT_BACKEND", default_value = "tcp://*:5556")]
+    pub backend: String,
+    /// How long a request may wait for any server before the client gets `unavailable`.
+    #[arg(long, env = "CHAT_QUEUE_TIMEOUT_MS", default_value_t = 2000)]
+    pub queue_timeout_ms: u64,
+    /// How long a request may take in all before the client gets `unavailable`.
+    #[arg(long, env = "CHAT_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
+    pub request_timeout_ms: u64,
+    /// Most requests waiting for a server; beyond it requests are refused at once.
+    #[arg(long, env = "CHAT_MAX_PENDING", default_value_t = 10_000)]
+    pub max_pending: usize,
+}
+
+/// Runs the broker until `shutdown`.
+pub fn broker(args: &BrokerArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
+    let ctx = zmq::Context::new();
+    let cfg = BrokerConfig {
+        frontend: args.frontend.clone(),
+        backend: args.backend.clone(),
+        queue_timeout: Duration::from_millis(args.queue_timeout_ms),
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
+        max_pending: args.max_pending,
+        ..BrokerConfig::default()
+    };
+    let (tx, rx) = crossbeam_channel::bounded::<(String, String)>(1);
+    let announcer = std::thread::spawn(move || {
+        if let Ok((f, b)) = rx.recv() {
+            announce(
+                "chat-broker",
+                &[("frontend", f.as_str()), ("backend", b.as_str())],
+            );
+        }
+    });
+    let result = run_broker(&ctx, &cfg, shutdown, Some(tx))
+        .with_context(|| format!("broker on {} / {}", args.frontend, args.backend));
+    let _ = announcer.join();
+    result
+}
+
+/// `chat-proxy`: the XSUB/XPUB forwarder of publications.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// Endpoint publishers (servers) connect to.
+    #[arg(long, env = "CHAT_XSUB", default_value = "tcp://*:5557")]
+    pub xsub: String,
+    /// Endpoint subscribers (clients, servers) connect to.
+    #[arg(long, env = "CHAT_XPUB", default_value = "tcp://*:5558")]
+    pub xpub: String,
+}
+
+/// Runs the proxy until `shutdown`.
+pub fn proxy(args: &ProxyArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
+    let ctx = zmq::Context::new();
+    let cfg = ProxyConfig {
+        xsub: args.xsub.clone(),
+        xpub: args.xpub.clone(),
+    };
+    let (tx, rx) = crossbeam_channel::bounded::<(String, String)>(1);
+    let announcer = std::thread::spawn(move || {
+        if let Ok((s, p)) = rx.recv() {
+            announce("chat-proxy", &[("xsub", s.as_str()), ("xpub", p.as_str())]);
+        }
+    });
+    let result = run_proxy(&ctx, &cfg, shutdown, Some(tx))
+        .with_context(|| format!("proxy on {} / {}", args.xsub, args.xpub));
+    let _ = announcer.join();
+    result
+}
+
+/// `chat-server`: one replica holding the chat state.
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServerArgs {
+    /// Unique name of this server (the origin of its events).
+    #[arg(long, env = "CHAT_NAME", default_value = "server-1")]
+    pub name: String,
+    /// Data directory (SQLite database); default `./data/<name>`.
+    #[arg(long, env = "CHAT_DATA")]
+    pub data: Option<PathBuf>,
+    /// Keep everything in memory (nothing survives a restart; for experiments).
+    #[arg(long)]
+    pub memory: bool,
+    /// Broker backend endpoint.
+    #[arg(long, env = "CHAT_BROKER", default_value = chat_core::DEFAULT_BROKER_BACKEND)]
+    pub broker: String,
+    /// Proxy XSUB endpoint (publications and replication go out here).
+    #[arg(long = "pub", env = "CHAT_PUB", default_value = chat_core::DEFAULT_PROXY_XSUB)]
+    pub publish: String,
+    /// Proxy XPUB endpoint (replication comes in here).
+    #[arg(long = "sub", env = "CHAT_SUB", default_value = chat_core::DEFAULT_PROXY_XPUB)]
+    pub subscribe: String,
+    /// Reference service endpoint (ranks; used by the coordination layer).
+    #[arg(long, env = "CHAT_REFERENCE", default_value = chat_core::DEFAULT_REFERENCE)]
+    pub reference: String,
+    /// Endpoint this server binds for server-to-server requests.
+    #[arg(long, env = "CHAT_PEER", default_value = "tcp://127.0.0.1:5601")]
+    pub peer: String,
+    /// Skew added to this server's physical clock, in milliseconds.
+    #[arg(
+        long,
+        env = "CHAT_CLOCK_SKEW_MS",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
+    pub clock_skew_ms: i64,
+    /// Requests the broker may hand this server at once.
+    #[arg(long, env = "CHAT_CAPACITY", default_value_t = chat_net::backend::DEFAULT_CAPACITY)]
+    pub capacity: u32,
+    /// Largest message body in bytes.
+    #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = chat_core::validate::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+    /// Encoding of publications: msgpack or json.
+    #[arg(long, env = "CHAT_SERDE", default_value = "msgpack", value_parser = parse_encoding)]
+    pub encoding: Encoding,
+    /// Maintenance commands.
+    #[command(subcommand)]
+    pub command: Option<ServerCommand>,
+}
+
+/// `chat-server` maintenance commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ServerCommand {
+    /// Writes the seeds' JSON files (users.json, channels.json, messages.json, publications.json).
+    Export {
+        /// Data directory of the server to export.
+        #[arg(long)]
+        data: PathBuf,
+        /// Directory to write the files into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Parses `msgpack` or `json`.
+pub fn parse_encoding(s: &str) -> Result<Encoding, String> {
+    Encoding::parse(s).ok_or_else(|| format!("unknown encoding {s:?}: use msgpack or json"))
+}
+
+/// Runs a server (or its maintenance command) until `shutdown`.
+pub fn server(args: &ServerArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
+    if let Some(ServerCommand::Export { data, out }) = &args.command {
+        let store =
+            SqliteStore::open(data).with_context(|| format!("opening {}", data.display()))?;
+        let summary = chat_store::export::export_seed_files(&store, out)
+            .with_context(|| format!("exporting to {}", out.display()))?;
+        println!("exported to {}: {summary:?}", out.display());
+        return Ok(());
+    }
+    let store: Box<dyn Store> = if args.memory {
+        Box::new(MemoryStore::default())
+    } else {
+        let dir = args
+            .data
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("data").join(&args.name));
+        Box::new(
+            SqliteStore::open(&dir)
+                .with_context(|| format!("opening the store in {}", dir.display()))?,
+        )
+    };
+    let cfg = ServerConfig {
+        broker: args.broker.clone(),
+        publish: args.publish.clone(),
+        subscribe: args.subscribe.clone(),
+        clock_skew_ms: args.clock_skew_ms,
+        capacity: args.capacity,
+        limits: Limits {
+            max_message_bytes: args.max_message_bytes,
+        },
+        encoding: args.encoding,
+        ..ServerConfig::new(args.name.clone())
+    };
+    let ctx = zmq::Context::new();
+    tracing::info!(server = %cfg.name, broker = %cfg.broker, "starting");
+    run_server(&ctx, &cfg, store, shutdown).with_context(|| format!("server {}", cfg.name))
+}

@@ -1,0 +1,224 @@
+//! Process-level test scaffolding: start the real binaries on loopback with OS-chosen
+//! ports, read the endpoints they report, and stop exactly the processes we started.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// How long any test waits for a condition before failing.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// A child process that is killed (SIGKILL, by its PID) when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    /// Starts `bin` with `args`; stdout lines are captured, stderr is inherited (test logs).
+    pub fn start(name: &str, bin: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(bin)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            name: name.to_string(),
+            child,
+            lines: rx,
+        }
+    }
+
+    /// Waits for the `... listening k=v k=v` line and returns its fields.
+    pub fn endpoints(&self) -> Vec<(String, String)> {
+        let end = Instant::now() + DEADLINE;
+        while Instant::now() < end {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                if let Some(rest) = line.split(" listening ").nth(1) {
+                    return rest
+                        .split_whitespace()
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect();
+                }
+            }
+        }
+        panic!("{} never reported its endpoints", self.name);
+    }
+
+    /// Kills the process with SIGKILL (as `kill -9`) and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits up to `within` for a clean exit; returns whether it exited.
+    pub fn terminate(&mut self, within: Duration) -> bool {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill9();
+        }
+    }
+}
+
+fn field(fields: &[(String, String)], key: &str) -> String {
+    fields
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("no {key} in {fields:?}"))
+}
+
+/// A cluster of real processes: proxy, broker, servers.
+pub struct ProcCluster {
+    pub frontend: String,
+    pub backend: String,
+    pub xsub: String,
+    pub xpub: String,
+    pub proxy: Proc,
+    pub broker: Proc,
+    pub servers: Vec<Proc>,
+    pub dir: tempfile::TempDir,
+}
+
+impl ProcCluster {
+    /// Starts proxy and broker on OS-chosen ports, then `n` servers with SQLite stores.
+    pub fn start(n: usize) -> ProcCluster {
+        let proxy = Proc::start(
+            "proxy",
+            env!("CARGO_BIN_EXE_chat-proxy"),
+            &["--xsub", "tcp://127.0.0.1:*", "--xpub", "tcp://127.0.0.1:*"],
+        );
+        let p = proxy.endpoints();
+        let broker = Proc::start(
+            "broker",
+            env!("CARGO_BIN_EXE_chat-broker"),
+            &[
+                "--frontend",
+                "tcp://127.0.0.1:*",
+                "--backend",
+                "tcp://127.0.0.1:*",
+            ],
+        );
+        let b = broker.endpoints();
+        let mut c = ProcCluster {
+            frontend: field(&b, "frontend"),
+            backend: field(&b, "backend"),
+            xsub: field(&p, "xsub"),
+            xpub: field(&p, "xpub"),
+            proxy,
+            broker,
+            servers: Vec::new(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        for i in 1..=n {
+            c.start_server(&format!("server-{i}"));
+        }
+        c
+    }
+
+    /// The data directory of server `name`.
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts (or restarts) server `name` on its data directory.
+    pub fn start_server(&mut self, name: &str) {
+        let data = self.data_dir(name).display().to_string();
+        let proc = Proc::start(
+            name,
+            env!("CARGO_BIN_EXE_chat-server"),
+            &[
+                "--name",
+                name,
+                "--data",
+                &data,
+                "--broker",
+                &self.backend,
+                "--pub",
+                &self.xsub,
+                "--sub",
+                &self.xpub,
+            ],
+        );
+        self.servers.retain(|s| s.name != name);
+        self.servers.push(proc);
+    }
+
+    /// The running server process `name`.
+    pub fn server(&mut self, name: &str) -> &mut Proc {
+        self.servers
+            .iter_mut()
+            .find(|s| s.name == name)
+            .expect("server")
+    }
+
+    /// An SDK client configuration for this cluster.
+    pub fn client_config(&self) -> chat_net::client::ClientConfig {
+        chat_net::client::ClientConfig {
+            broker: self.frontend.clone(),
+            sub: self.xpub.clone(),
+            timeout: Duration::from_secs(3),
+            attempts: 3,
+            ..chat_net::client::ClientConfig::default()
+        }
+    }
+}
+
+/// Waits until `f` returns `Some`, polling every 20 ms, for at most `deadline`.
+pub fn wait_for<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a path exists (for data-directory checks).
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}

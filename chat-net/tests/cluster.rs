@@ -1,0 +1,203 @@
+//! End-to-end behaviour of broker + proxy + servers + SDK, in one process, on loopback.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chat_core::{ErrorCode, HistoryTarget, Publication};
+use chat_net::client::ClientEvent;
+use support::{next_event, subscribe_live, wait_for, TestCluster, DEADLINE};
+
+#[test]
+fn one_client_publishes_the_other_receives_on_the_channel_topic() {
+    let cluster = TestCluster::start(1);
+    let ana = cluster.client();
+    let bia = cluster.client();
+    ana.login("ana").unwrap();
+    bia.login("bia").unwrap();
+    ana.create_channel("geral").unwrap();
+    subscribe_live(&bia, &ana, "ana", "geral");
+
+    ana.publish("ana", "geral", "Olá!").unwrap();
+    match next_event(&bia) {
+        Some(ClientEvent::Post(p)) => {
+            assert_eq!(
+                (p.channel.as_str(), p.user.as_str(), p.message.as_str()),
+                ("geral", "ana", "Olá!")
+            );
+            assert!(p.clock > 0);
+        }
+        other => panic!("expected the post, got {other:?}"),
+    }
+    // The receiver's Lamport clock moved past the publication's stamp.
+    assert!(bia.clock() > 0);
+}
+
+#[test]
+fn private_message_reaches_only_its_user_and_not_prefix_names() {
+    let cluster = TestCluster::start(1);
+    let ana = cluster.client();
+    let anabela = cluster.client();
+    let caio = cluster.client();
+    for (c, u) in [(&ana, "ana"), (&anabela, "anabela"), (&caio, "caio")] {
+        c.login(u).unwrap();
+        c.subscribe(u).unwrap();
+    }
+    // Make sure both subscriptions are live: send to each until it arrives.
+    for (c, u) in [(&ana, "ana"), (&anabela, "anabela")] {
+        let got = wait_for(DEADLINE, || {
+            caio.send_message("caio", u, "probe").unwrap();
+            c.events().recv_timeout(Duration::from_millis(100)).ok()
+        });
+        assert!(got.is_some(), "subscription of {u} never became live");
+        while c.events().recv_timeout(Duration::from_millis(200)).is_ok() {}
+    }
+    caio.send_message("caio", "anabela", "só para anabela")
+        .unwrap();
+    match next_event(&anabela) {
+        Some(ClientEvent::Direct(d)) => {
+            assert_eq!(
+                (d.src.as_str(), d.dst.as_str(), d.message.as_str()),
+                ("caio", "anabela", "só para anabela")
+            )
+        }
+        other => panic!("expected the private message, got {other:?}"),
+    }
+    // `ana` is a prefix of `anabela`: ZeroMQ delivers the frame, the SDK must not.
+    assert!(
+        ana.events()
+            .recv_timeout(Duration::from_millis(500))
+            .is_err(),
+        "prefix leak to ana"
+    );
+    // Messages to an unknown user are refused.
+    let err = caio.send_message("caio", "ninguem", "x").unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UnknownUser);
+}
+
+#[test]
+fn every_seed_service_works_through_the_broker_with_three_servers() {
+    let cluster = TestCluster::start(3);
+    let c = cluster.client();
+    c.login("ana").unwrap();
+    c.login("bia").unwrap();
+    c.create_channel("geral").unwrap();
+    c.create_channel("tech").unwrap();
+    // Reads may land on any server; replication makes them all converge.
+    let users = wait_for(DEADLINE, || c.users().ok().filter(|u| u.len() == 2)).expect("users");
+    assert_eq!(users, ["ana", "bia"]);
+    let channels =
+        wait_for(DEADLINE, || c.channels().ok().filter(|ch| ch.len() == 2)).expect("channels");
+    assert_eq!(channels, ["geral", "tech"]);
+    wait_for(DEADLINE, || {
+        (0..6)
+            .all(|_| c.channels().map(|ch| ch.len() == 2).unwrap_or(false))
+            .then_some(())
+    })
+    .expect("all servers have both channels");
+    for i in 0..10 {
+        c.publish("ana", "geral", &format!("m{i}")).unwrap();
+    }
+    c.send_message("ana", "bia", "oi bia").unwrap();
+    assert_eq!(
+        c.create_channel("geral").unwrap_err().code(),
+        ErrorCode::AlreadyExists
+    );
+    assert_eq!(
+        c.publish("ana", "nope", "x").unwrap_err().code(),
+        ErrorCode::UnknownChannel
+    );
+    assert_eq!(
+        c.login("servers").unwrap_err().code(),
+        ErrorCode::ReservedName
+    );
+    assert_eq!(c.login("a b").unwrap_err().code(), ErrorCode::InvalidName);
+
+    // History converges on every server, in the same order.
+    let history = wait_for(DEADLINE, || {
+        let mut seen = BTreeMap::new();
+        for _ in 0..9 {
+            let s = c.status().ok()?;
+            let page = c
+                .history(HistoryTarget::Channel("geral".into()), None, 100)
+                .ok()?;
+            if page.items.len() != 10 {
+                return None;
+            }
+            seen.insert(s.name.clone(), page.items);
+        }
+        (seen.len() == 3).then_some(seen)
+    })
+    .expect("every server answered with the full history");
+    let mut pages = history.values();
+    let first = pages.next().unwrap();
+    assert!(
+        pages.all(|p| p == first),
+        "servers disagree on history order"
+    );
+    let bodies: Vec<_> = first
+        .iter()
+        .map(|p| match p {
+            Publication::Channel(p) => p.message.clone(),
+            Publication::Direct(_) => unreachable!(),
+        })
+        .collect();
+    assert_eq!(bodies, (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    let dms = wait_for(DEADLINE, || {
+        c.history(HistoryTarget::User("bia".into()), None, 10)
+            .ok()
+            .filter(|p| p.items.len() == 1)
+    });
+    assert!(dms.is_some());
+}
+
+#[test]
+fn a_restarted_server_keeps_users_channels_and_history() {
+    let mut cluster = TestCluster::start(1);
+    let c = cluster.client();
+    c.login("ana").unwrap();
+    c.create_channel("geral").unwrap();
+    for i in 0..5 {
+        c.publish("ana", "geral", &format!("m{i}")).unwrap();
+    }
+    cluster.stop_server("server-1");
+    cluster.start_server("server-1");
+    assert_eq!(c.users().unwrap(), ["ana"]);
+    assert_eq!(c.channels().unwrap(), ["geral"]);
+    let page = c
+        .history(HistoryTarget::Channel("geral".into()), None, 50)
+        .unwrap();
+    assert_eq!(page.items.len(), 5);
+    // New writes continue the sequence without clashing with stored ones.
+    c.publish("ana", "geral", "after restart").unwrap();
+    let page = c
+        .history(HistoryTarget::Channel("geral".into()), None, 50)
+        .unwrap();
+    assert_eq!(page.items.len(), 6);
+    let s = c.status().unwrap();
+    assert_eq!(s.events, 8);
+}
+
+#[test]
+fn retried_write_with_the_same_request_id_is_applied_once() {
+    let cluster = TestCluster::start(1);
+    let c = cluster.client();
+    c.login("ana").unwrap();
+    c.create_channel("geral").unwrap();
+    let req = chat_core::Request::Publish {
+        user: "ana".into(),
+        channel: "geral".into(),
+        message: "once".into(),
+    };
+    for _ in 0..3 {
+        let r = c
+            .request_with_id(req.clone(), Some("fixed-id-1".into()))
+            .unwrap();
+        assert_eq!(r.reply, chat_core::Reply::Done);
+    }
+    let page = c
+        .history(HistoryTarget::Channel("geral".into()), None, 50)
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+}

@@ -1,0 +1,185 @@
+//! The `Store` contract, checked against both implementations, and SQLite specifics.
+
+mod common;
+
+use chat_core::Event;
+use chat_store::sqlite::{DB_FILE, SCHEMA_VERSION};
+use chat_store::{MemoryStore, SqliteStore, Store, StoreError};
+use common::{conformance, create, dm, ev, login, post};
+
+#[test]
+fn memory_store_conforms() {
+    let mut store = MemoryStore::default();
+    conformance(&mut store);
+}
+
+#[test]
+fn sqlite_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(&dir.path().join("data")).unwrap();
+    conformance(&mut store);
+}
+
+#[test]
+fn stores_are_send_and_usable_as_trait_objects() {
+    fn assert_send<T: Send>() {}
+    assert_send::<SqliteStore>();
+    assert_send::<MemoryStore>();
+    let dir = tempfile::tempdir().unwrap();
+    let boxed: Vec<Box<dyn Store>> = vec![
+        Box::new(MemoryStore::default()),
+        Box::new(SqliteStore::open(dir.path()).unwrap()),
+    ];
+    let handle = std::thread::spawn(move || boxed.len());
+    assert_eq!(handle.join().unwrap(), 2);
+}
+
+fn sample() -> Vec<Event> {
+    vec![
+        ev("a", 1, 1, login("ana")),
+        ev("a", 2, 2, create("geral")),
+        ev("b", 1, 3, post("geral", "ana", "oi")),
+        ev("b", 3, 5, dm("ana", "bia", "psiu")),
+    ]
+}
+
+#[test]
+fn sqlite_reopen_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested").join("data");
+    let events = sample();
+    {
+        let mut store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.path(), path.join(DB_FILE));
+        assert_eq!(store.append(&events).unwrap(), 4);
+        store.set_meta("term", "7").unwrap();
+    }
+    assert!(path.join(DB_FILE).is_file());
+    let mut store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.load_all().unwrap(), events);
+    assert_eq!(store.get_meta("term").unwrap().as_deref(), Some("7"));
+    assert_eq!(store.applied().unwrap()["b"], 1);
+    assert_eq!(
+        store.channel_history("geral", None, 10).unwrap(),
+        events[2..3]
+    );
+    // Dedup holds across reopen.
+    assert_eq!(store.append(&events).unwrap(), 0);
+    assert_eq!(store.append(&[ev("b", 2, 4, login("bia"))]).unwrap(), 1);
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.applied().unwrap()["b"], 3);
+    assert_eq!(store.load_all().unwrap().len(), 5);
+}
+
+#[test]
+fn sqlite_uses_wal_and_schema_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = SqliteStore::open(dir.path()).unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    // channel_history is served by its index, not a table scan.
+    let plan: Vec<String> = conn
+        .prepare(
+            "EXPLAIN QUERY PLAN SELECT origin, seq, body FROM events WHERE channel = ?1 \
+             AND (clock, origin, seq) < (?2, ?3, ?4) \
+             ORDER BY clock DESC, origin DESC, seq DESC LIMIT ?5",
+        )
+        .unwrap()
+        .query_map(rusqlite::params!["c", 1, "a", 1, 10], |r| {
+            r.get::<_, String>(3)
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("events_channel_history"), "{plan}");
+    assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+}
+
+#[test]
+fn sqlite_refuses_unknown_schema_version() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SqliteStore::open(dir.path()).unwrap());
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let err = SqliteStore::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::UnsupportedSchema {
+                found: 99,
+                supported: SCHEMA_VERSION
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("99"), "{err}");
+}
+
+#[test]
+fn sqlite_reports_corrupt_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(dir.path()).unwrap();
+    store.append(&sample()).unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+
+    // A body that is not an event.
+    conn.execute(
+        "UPDATE events SET body = x'c1ffee' WHERE origin = 'a' AND seq = 1",
+        [],
+    )
+    .unwrap();
+    let err = store.load_all().unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    assert!(err.to_string().contains("a/1"), "{err}");
+    // Other reads that do not touch the row still work.
+    assert_eq!(store.events_after("b", 0, 10).unwrap().len(), 2);
+
+    // A body of another event than the row says.
+    let other = ev("a", 9, 1, login("ana"))
+        .encode(chat_core::Encoding::MsgPack)
+        .unwrap();
+    conn.execute(
+        "UPDATE events SET body = ?1 WHERE origin = 'a' AND seq = 1",
+        [other],
+    )
+    .unwrap();
+    let err = store.events_after("a", 0, 10).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+
+    // Wrong column types.
+    conn.execute(
+        "UPDATE events SET body = 'text' WHERE origin = 'b' AND seq = 1",
+        [],
+    )
+    .unwrap();
+    assert!(matches!(
+        store.channel_history("geral", None, 10).unwrap_err(),
+        StoreError::Corrupt(_)
+    ));
+    conn.execute("INSERT INTO meta (key, value) VALUES ('k', x'00ff')", [])
+        .unwrap();
+    assert!(matches!(
+        store.get_meta("k").unwrap_err(),
+        StoreError::Corrupt(_)
+    ));
+}
+
+#[test]
+fn sqlite_two_handles_on_one_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = SqliteStore::open(dir.path()).unwrap();
+    let mut b = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(a.append(&sample()[..2]).unwrap(), 2);
+    assert_eq!(b.append(&sample()).unwrap(), 2);
+    assert_eq!(a.load_all().unwrap(), sample());
+}
