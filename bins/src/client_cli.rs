@@ -680,7 +680,7 @@ pub fn render_status(s: &ServerStatus) -> Vec<String> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    vec![
+    let mut lines = vec![
         format!("server: {} ({rank})", sanitize(&s.name)),
         format!("coordinator: {coordinator} (term {})", s.term),
         format!("lamport clock: {}", s.lamport),
@@ -691,7 +691,31 @@ pub fn render_status(s: &ServerStatus) -> Vec<String> {
             s.users, s.channels, s.messages, s.events
         ),
         format!("state digest: {}", sanitize(&s.digest)),
-    ]
+        format!(
+            "caught up with peers: {}",
+            if s.caught_up {
+                "yes"
+            } else {
+                "not yet (still fetching what it missed)"
+            }
+        ),
+    ];
+    if s.local_only_acks > 0 {
+        lines.push(format!(
+            "writes acknowledged with no other live copy: {}",
+            s.local_only_acks
+        ));
+    }
+    if !s.vector.is_empty() {
+        let held = s
+            .vector
+            .iter()
+            .map(|(origin, seq)| format!("{} {seq}", sanitize(origin)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        lines.push(format!("events held per origin: {held}"));
+    }
+    lines
 }
 
 /// What an error is about, so its sentence can name things and suggest the next step.
@@ -857,7 +881,7 @@ macro_rules! json_line {
 }
 
 fn one_shot_fail(cli: &ClientCli, code: &str, sentence: &str) -> ExitCode {
-    eout!("chat-client: {sentence}");
+    eprintln!("chat-client: {sentence}");
     if cli.json_output {
         let mut m = BTreeMap::new();
         m.insert("status", "erro");
@@ -992,7 +1016,7 @@ fn run_one_shot(cli: &ClientCli, cmd: &OneShot) -> ExitCode {
                         }
                     }
                     if let Some(next) = &page.next {
-                        eout!("older messages exist: add --before {next}");
+                        eprintln!("older messages exist: add --before {next}");
                     }
                     Ok(ExitCode::SUCCESS)
                 }
@@ -1069,7 +1093,7 @@ fn listen(
         client.subscribe(t)?;
     }
     std::thread::sleep(SUBSCRIBE_SETTLE);
-    eout!(
+    eprintln!(
         "listening on {} (Ctrl-C to stop)",
         topics
             .iter()
@@ -1089,7 +1113,7 @@ fn listen(
         }
         match client.events().recv_timeout(wait) {
             Ok(ClientEvent::Malformed { topic, error }) => {
-                eout!(
+                eprintln!(
                     "chat-client: ignored a malformed message on topic {}: {}",
                     clip(&sanitize(&topic), 64),
                     clip(&sanitize(&error), 200)

@@ -11,9 +11,11 @@ use anyhow::Context as _;
 use chat_core::{Encoding, Limits};
 use chat_net::broker::{run_broker, BrokerConfig};
 use chat_net::proxy::{run_proxy, ProxyConfig};
+use chat_net::reference::{run_reference, ReferenceConfig};
 use chat_net::server::{run_server, ServerConfig};
 use chat_net::Shutdown;
 use chat_store::{MemoryStore, SqliteStore, Store};
+use chat_sync::{AckPolicy, ReplicationConfig};
 use clap::{Args, Subcommand};
 
 /// Prints the endpoints a component actually bound, on stdout, for scripts and tests.
@@ -98,6 +100,38 @@ pub fn proxy(args: &ProxyArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
     result
 }
 
+/// `chat-reference`: ranks for server names, the live-server list, heartbeats.
+#[derive(Debug, Clone, Args)]
+pub struct ReferenceArgs {
+    /// Endpoint servers connect to (REQ clients are answered by a ROUTER).
+    #[arg(long, env = "CHAT_REFERENCE_BIND", default_value = "tcp://*:5559")]
+    pub bind: String,
+    /// How long a server may stay silent (no rank, no heartbeat) before it leaves `list`.
+    #[arg(long, env = "CHAT_REFERENCE_TIMEOUT_MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_ms: u64,
+}
+
+/// Runs the reference until `shutdown`.
+pub fn reference(args: &ReferenceArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
+    let ctx = zmq::Context::new();
+    let cfg = ReferenceConfig {
+        bind: args.bind.clone(),
+        timeout: Duration::from_millis(args.timeout_ms),
+        ..ReferenceConfig::default()
+    };
+    let (tx, rx) = crossbeam_channel::bounded::<String>(1);
+    let announcer = std::thread::spawn(move || {
+        if let Ok(endpoint) = rx.recv() {
+            announce("chat-reference", &[("bind", endpoint.as_str())]);
+        }
+    });
+    let result = run_reference(&ctx, &cfg, shutdown, Some(tx))
+        .with_context(|| format!("reference on {}", args.bind));
+    let _ = announcer.join();
+    result
+}
+
 /// `chat-server`: one replica holding the chat state.
 #[derive(Debug, Clone, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -120,12 +154,22 @@ pub struct ServerArgs {
     /// Proxy XPUB endpoint (replication comes in here).
     #[arg(long = "sub", env = "CHAT_SUB", default_value = chat_core::DEFAULT_PROXY_XPUB)]
     pub subscribe: String,
-    /// Reference service endpoint (ranks; used by the coordination layer).
+    /// Reference service endpoint (ranks, live servers); `none` runs without peers.
     #[arg(long, env = "CHAT_REFERENCE", default_value = chat_core::DEFAULT_REFERENCE)]
     pub reference: String,
-    /// Endpoint this server binds for server-to-server requests.
+    /// Endpoint this server binds for server-to-server requests (`tcp://127.0.0.1:*` picks a port).
     #[arg(long, env = "CHAT_PEER", default_value = "tcp://127.0.0.1:5601")]
     pub peer: String,
+    /// Endpoint other servers should use to reach this one (default: the bound peer endpoint).
+    #[arg(long, env = "CHAT_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Other servers that must hold a write before the client hears OK.
+    #[arg(long, env = "CHAT_ACK_REPLICAS", default_value_t = chat_sync::DEFAULT_ACK_REPLICAS)]
+    pub ack_replicas: usize,
+    /// With no other live server: `local` acknowledges writes durable here only (logged and
+    /// counted in status), `refuse` answers `unavailable`.
+    #[arg(long, env = "CHAT_ACK_POLICY", default_value = "local", value_parser = parse_policy)]
+    pub ack_policy: AckPolicy,
     /// Skew added to this server's physical clock, in milliseconds.
     #[arg(
         long,
@@ -160,6 +204,15 @@ pub enum ServerCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// Parses `local` or `refuse`.
+pub fn parse_policy(s: &str) -> Result<AckPolicy, String> {
+    match s {
+        "local" => Ok(AckPolicy::AcceptLocal),
+        "refuse" => Ok(AckPolicy::Refuse),
+        _ => Err(format!("unknown policy {s:?}: use local or refuse")),
+    }
 }
 
 /// Parses `msgpack` or `json`.
@@ -199,6 +252,14 @@ pub fn server(args: &ServerArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
             max_message_bytes: args.max_message_bytes,
         },
         encoding: args.encoding,
+        reference: (args.reference != "none").then(|| args.reference.clone()),
+        peer: args.peer.clone(),
+        advertise: args.advertise.clone(),
+        replication: ReplicationConfig {
+            ack_replicas: args.ack_replicas,
+            policy: args.ack_policy,
+            ..ReplicationConfig::default()
+        },
         ..ServerConfig::new(args.name.clone())
     };
     let ctx = zmq::Context::new();

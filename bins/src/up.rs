@@ -1,7 +1,7 @@
 //! `chat up`: the whole cluster on loopback in one command.
 //!
 //! Starts child processes of the current executable (the multi-call `chat` binary):
-//! proxy, broker, N servers, M bots (the reference and the web UI join when they exist).
+//! proxy, broker, reference, N servers, M bots (the web UI joins when it exists).
 //! Every child's output is forwarded line by line, prefixed with its name. Ctrl-C (or
 //! SIGTERM) sends SIGTERM to every child, waits for them (they stop within a few hundred
 //! milliseconds), and kills any straggler after [`STOP_GRACE`].
@@ -228,6 +228,14 @@ fn start(
     )?;
     let ready = wait_listening(&mut broker, &rx);
     procs.push(broker);
+    ready?;
+    let (mut reference, rx) = spawn(
+        exe,
+        "reference",
+        &["reference".into(), "--bind".into(), tcp(ports.reference)],
+    )?;
+    let ready = wait_listening(&mut reference, &rx);
+    procs.push(reference);
     ready?;
     for i in 1..=args.servers {
         if shutdown.is_triggered() {

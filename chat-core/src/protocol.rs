@@ -4,7 +4,10 @@
 //! timestamps as ISO-8601 or Unix numbers, `msg` for `message`, unknown fields ignored.
 //! Encoding is exact: the seed shapes, with `timestamp` and `clock` inside `data`.
 
+use std::collections::BTreeMap;
+
 use crate::codec::{self, CodecError, Encoding};
+use crate::domain::Event;
 use crate::error::{ChatError, ErrorCode};
 use crate::time::Timestamp;
 use crate::wire::{ServerInfo, ServerStatus, WireData, WireEnvelope, WirePublication};
@@ -13,6 +16,12 @@ use crate::wire::{ServerInfo, ServerStatus, WireData, WireEnvelope, WirePublicat
 /// and JavaScript client represents exactly). Larger values would let one client push every
 /// clock in the cluster to saturation.
 pub const MAX_ACCEPTED_CLOCK: u64 = (1 << 53) - 1;
+
+/// Default number of events in a `sync` answer.
+pub const DEFAULT_SYNC_LIMIT: u32 = 500;
+
+/// Largest number of events in a `sync` answer.
+pub const MAX_SYNC_LIMIT: u32 = 5000;
 
 /// Default page size of `history`.
 pub const DEFAULT_HISTORY_LIMIT: u32 = 50;
@@ -57,11 +66,15 @@ pub enum Service {
     Clock,
     /// Server to server: apply a clock adjustment (Berkeley).
     Adjust,
+    /// Server to server: events pushed by their origin; answered once they are durable.
+    Replicate,
+    /// Server to server: catch-up, "send me what I miss beyond this version vector".
+    Sync,
 }
 
 impl Service {
     /// All services, in wire-name order of the table in PROTOCOL.md.
-    pub const ALL: [Service; 17] = [
+    pub const ALL: [Service; 19] = [
         Service::Login,
         Service::Users,
         Service::Channel,
@@ -79,6 +92,8 @@ impl Service {
         Service::Coordinator,
         Service::Clock,
         Service::Adjust,
+        Service::Replicate,
+        Service::Sync,
     ];
 
     /// The wire name.
@@ -101,6 +116,8 @@ impl Service {
             Service::Coordinator => "coordinator",
             Service::Clock => "clock",
             Service::Adjust => "adjust",
+            Service::Replicate => "replicate",
+            Service::Sync => "sync",
         }
     }
 
@@ -267,6 +284,23 @@ pub enum Request {
         /// Correction in milliseconds.
         offset_ms: i64,
     },
+    /// `replicate` (server to server): events pushed by `from`; the answer (a version
+    /// vector) is sent only once they are durable at the receiver.
+    Replicate {
+        /// Sender.
+        from: String,
+        /// The events, in sequence order per origin.
+        events: Vec<Event>,
+    },
+    /// `sync` (server to server): `from` asks for events beyond its version `vector`.
+    Sync {
+        /// Sender.
+        from: String,
+        /// Highest contiguous sequence number the sender has, per origin.
+        vector: BTreeMap<String, u64>,
+        /// Most events in the answer.
+        limit: u32,
+    },
 }
 
 impl Request {
@@ -290,6 +324,8 @@ impl Request {
             Request::Coordinator(_) => Service::Coordinator,
             Request::Clock => Service::Clock,
             Request::Adjust { .. } => Service::Adjust,
+            Request::Replicate { .. } => Service::Replicate,
+            Request::Sync { .. } => Service::Sync,
         }
     }
 }
@@ -351,6 +387,15 @@ pub enum Reply {
     Election,
     /// `clock` reply: the server's physical time.
     Clock(Timestamp),
+    /// `replicate` reply: what the receiver now holds durably (contiguous, per origin).
+    Vector(BTreeMap<String, u64>),
+    /// `sync` reply: missing events, and whether more remain.
+    Events {
+        /// The events.
+        events: Vec<Event>,
+        /// Whether the sender should ask again.
+        more: bool,
+    },
     /// Error reply: `status: "erro"` with `code` and `description`.
     Error(ErrorReply),
 }
@@ -566,6 +611,19 @@ impl RequestEnvelope {
                 d.rank = Some(a.rank);
             }
             Request::Adjust { offset_ms } => d.adjust_ms = Some(*offset_ms),
+            Request::Replicate { from, events } => {
+                d.user = Some(from.clone());
+                d.events = Some(events.iter().map(Event::to_wire).collect());
+            }
+            Request::Sync {
+                from,
+                vector,
+                limit,
+            } => {
+                d.user = Some(from.clone());
+                d.vector = Some(vector.clone());
+                d.limit = Some(u64::from(*limit));
+            }
         }
         d.id = self.meta.id.clone();
         d.timestamp = self.meta.timestamp;
@@ -658,6 +716,24 @@ impl RequestEnvelope {
             Service::Adjust => Request::Adjust {
                 offset_ms: d.adjust_ms.ok_or_else(|| missing("adjust", "adjust_ms"))?,
             },
+            Service::Replicate => Request::Replicate {
+                from: required(d.user, service, "user")?,
+                events: d
+                    .events
+                    .ok_or_else(|| missing("replicate", "events"))?
+                    .into_iter()
+                    .map(Event::from_wire)
+                    .collect::<Result<_, _>>()?,
+            },
+            Service::Sync => Request::Sync {
+                from: required(d.user, service, "user")?,
+                vector: d.vector.unwrap_or_default(),
+                limit: d.limit.map_or(DEFAULT_SYNC_LIMIT, |l| {
+                    u32::try_from(l)
+                        .unwrap_or(u32::MAX)
+                        .clamp(1, MAX_SYNC_LIMIT)
+                }),
+            },
         };
         Ok(RequestEnvelope { request, meta })
     }
@@ -690,6 +766,14 @@ impl ReplyEnvelope {
             Reply::List(l) => d.list = Some(l.clone()),
             Reply::Election => d.election = Some("OK".to_string()),
             Reply::Clock(t) => d.time = Some(*t),
+            Reply::Vector(v) => {
+                d.status = Some("OK".to_string());
+                d.vector = Some(v.clone());
+            }
+            Reply::Events { events, more } => {
+                d.events = Some(events.iter().map(Event::to_wire).collect());
+                d.more = Some(*more);
+            }
             Reply::Error(e) => {
                 d.status = Some("erro".to_string());
                 d.description = Some(e.description.clone());
@@ -746,6 +830,18 @@ impl ReplyEnvelope {
                 Some(Service::Rank) => Reply::Rank(d.rank.ok_or_else(|| missing("rank", "rank"))?),
                 Some(Service::List) => Reply::List(d.list.ok_or_else(|| missing("list", "list"))?),
                 Some(Service::Election) => Reply::Election,
+                Some(Service::Replicate) => {
+                    Reply::Vector(d.vector.ok_or_else(|| missing("replicate", "vector"))?)
+                }
+                Some(Service::Sync) => Reply::Events {
+                    events: d
+                        .events
+                        .ok_or_else(|| missing("sync", "events"))?
+                        .into_iter()
+                        .map(Event::from_wire)
+                        .collect::<Result<_, _>>()?,
+                    more: d.more.unwrap_or(false),
+                },
                 Some(Service::Clock) => Reply::Clock(
                     d.time
                         .or(d.timestamp)

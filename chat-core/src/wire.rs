@@ -10,6 +10,9 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+use std::collections::BTreeMap;
+
+use crate::domain::WireEvent;
 use crate::time::Timestamp;
 
 /// `{"service": ..., "data": {...}}`, with `timestamp`/`clock` also read at the top level (seed 003).
@@ -96,6 +99,15 @@ pub struct WireData {
     /// `adjust` request: correction to apply to the physical clock, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adjust_ms: Option<i64>,
+    /// `replicate` request / `sync` reply: events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<WireEvent>>,
+    /// `sync` request / `replicate` reply: highest contiguous sequence per origin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vector: Option<BTreeMap<String, u64>>,
+    /// `sync` reply: more events remain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub more: Option<bool>,
     /// Error reply: a sentence for people.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -194,6 +206,12 @@ pub struct ServerStatus {
     pub events: u64,
     /// Digest of the replicated state (equal on servers with equal state).
     pub digest: String,
+    /// Whether the server has fetched what it missed from its peers since it started.
+    pub caught_up: bool,
+    /// Writes acknowledged with no other live server holding them (see `--ack-replicas`).
+    pub local_only_acks: u64,
+    /// Highest contiguous sequence number held, per origin.
+    pub vector: BTreeMap<String, u64>,
 }
 
 fn opt_string_or_int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {

@@ -148,6 +148,17 @@ fn request() -> impl Strategy<Value = Request> {
         announcement().prop_map(Request::Coordinator),
         Just(Request::Clock),
         any::<i64>().prop_map(|offset_ms| Request::Adjust { offset_ms }),
+        (text(), vec(event(), 0..3)).prop_map(|(from, events)| Request::Replicate { from, events }),
+        (
+            text(),
+            prop::collection::btree_map(text(), any::<u64>(), 0..3),
+            1..=5000u32
+        )
+            .prop_map(|(from, vector, limit)| Request::Sync {
+                from,
+                vector,
+                limit
+            }),
     ]
 }
 
@@ -242,6 +253,7 @@ fn server_status() -> impl Strategy<Value = ServerStatus> {
                 messages,
                 events,
                 digest,
+                ..ServerStatus::default()
             },
         )
 }
@@ -284,6 +296,8 @@ fn done_service(s: Service) -> bool {
             | Service::List
             | Service::Election
             | Service::Clock
+            | Service::Replicate
+            | Service::Sync
     )
 }
 
@@ -315,6 +329,13 @@ fn reply() -> impl Strategy<Value = (String, Reply)> {
         (service(Service::List), vec(server_info(), 0..4)).prop_map(|(s, l)| (s, Reply::List(l))),
         service(Service::Election).prop_map(|s| (s, Reply::Election)),
         (service(Service::Clock), timestamp()).prop_map(|(s, t)| (s, Reply::Clock(t))),
+        (
+            service(Service::Replicate),
+            prop::collection::btree_map(text(), any::<u64>(), 0..3)
+        )
+            .prop_map(|(s, v)| (s, Reply::Vector(v))),
+        (service(Service::Sync), vec(event(), 0..3), any::<bool>())
+            .prop_map(|(s, events, more)| (s, Reply::Events { events, more })),
         // An error answers any service, even an unknown one.
         (text(), error_code(), text())
             .prop_map(|(s, code, description)| (s, Reply::Error(ErrorReply { code, description }))),

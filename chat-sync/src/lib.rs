@@ -8,8 +8,8 @@
 //!   and the [`Berkeley`] round machine (every 10 requests and on a timer).
 //! - [`membership`]: the [`FailureDetector`] shared by both: heartbeats, last-heard times,
 //!   missed replies, `Down`/`Up` verdicts.
-//! - `replication` (to come with the replication issue): per-origin sequence bookkeeping,
-//!   acknowledgements and catch-up.
+//! - [`replication`]: the origin's side of replication: push new events to live peers,
+//!   hold client replies until `--ack-replicas` peers have them durably, resend on timeout.
 //!
 //! Every machine follows the sans-IO shape of `quinn-proto`: `handle_*(now, input)` methods
 //! feed it, `poll_*` methods drain what it wants done (messages to send, timers to set),
@@ -26,6 +26,7 @@
 pub mod berkeley;
 pub mod bully;
 pub mod membership;
+pub mod replication;
 
 pub use berkeley::{
     adjustments, analyze, Analysis, Berkeley, BerkeleyConfig, BerkeleyOutput, Reading,
@@ -39,4 +40,8 @@ pub use bully::{
 pub use membership::{
     DetectorConfig, FailureDetector, Verdict, DEFAULT_FAILURE_TIMEOUT, DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_MAX_MISSED_REPLIES,
+};
+pub use replication::{
+    AckPolicy, Release, ReplicationConfig, Replicator, SendRange, DEFAULT_ACK_REPLICAS,
+    DEFAULT_ACK_TIMEOUT,
 };

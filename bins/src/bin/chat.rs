@@ -1,7 +1,7 @@
 //! `chat`: the multi-call binary. `chat up` runs the whole cluster; `chat broker|proxy|server|...`
 //! run one component (the same code as the dedicated binaries).
 
-use bins::daemons::{BrokerArgs, ProxyArgs, ServerArgs};
+use bins::daemons::{BrokerArgs, ProxyArgs, ReferenceArgs, ServerArgs};
 use bins::up::UpArgs;
 use clap::{Parser, Subcommand};
 
@@ -23,6 +23,8 @@ enum Cmd {
     Broker(BrokerArgs),
     /// Run the pub/sub proxy.
     Proxy(ProxyArgs),
+    /// Run the reference service (ranks, live servers).
+    Reference(ReferenceArgs),
     /// Run one chat server.
     Server(ServerArgs),
 }
@@ -42,6 +44,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Proxy(args) => {
             bins::init_logging("proxy");
             bins::daemons::proxy(&args, &shutdown)
+        }
+        Cmd::Reference(args) => {
+            bins::init_logging("reference");
+            bins::daemons::reference(&args, &shutdown)
         }
         Cmd::Server(args) => {
             bins::init_logging("server");

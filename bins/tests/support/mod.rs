@@ -108,15 +108,21 @@ fn field(fields: &[(String, String)], key: &str) -> String {
         .unwrap_or_else(|| panic!("no {key} in {fields:?}"))
 }
 
-/// A cluster of real processes: proxy, broker, servers.
+/// A cluster of real processes: proxy, broker, reference, servers.
 pub struct ProcCluster {
     pub frontend: String,
     pub backend: String,
     pub xsub: String,
     pub xpub: String,
+    pub reference_endpoint: String,
     pub proxy: Proc,
     pub broker: Proc,
+    pub reference: Proc,
     pub servers: Vec<Proc>,
+    /// Peer endpoint of each running server, by name (from its `listening` line).
+    pub peer_endpoints: Vec<(String, String)>,
+    /// Extra flags given to every server started from now on.
+    pub server_flags: Vec<String>,
     pub dir: tempfile::TempDir,
 }
 
@@ -140,14 +146,24 @@ impl ProcCluster {
             ],
         );
         let b = broker.endpoints();
+        let reference = Proc::start(
+            "reference",
+            env!("CARGO_BIN_EXE_chat-reference"),
+            &["--bind", "tcp://127.0.0.1:*", "--timeout-ms", "2000"],
+        );
+        let r = reference.endpoints();
         let mut c = ProcCluster {
             frontend: field(&b, "frontend"),
             backend: field(&b, "backend"),
             xsub: field(&p, "xsub"),
             xpub: field(&p, "xpub"),
+            reference_endpoint: field(&r, "bind"),
             proxy,
             broker,
+            reference,
             servers: Vec::new(),
+            peer_endpoints: Vec::new(),
+            server_flags: Vec::new(),
             dir: tempfile::tempdir().expect("tempdir"),
         };
         for i in 1..=n {
@@ -163,25 +179,46 @@ impl ProcCluster {
 
     /// Starts (or restarts) server `name` on its data directory.
     pub fn start_server(&mut self, name: &str) {
+        self.start_server_with(name, &[]);
+    }
+
+    /// Starts (or restarts) server `name` with extra flags (e.g. `--clock-skew-ms`).
+    pub fn start_server_with(&mut self, name: &str, extra: &[&str]) {
         let data = self.data_dir(name).display().to_string();
-        let proc = Proc::start(
+        let mut args: Vec<&str> = vec![
+            "--name",
             name,
-            env!("CARGO_BIN_EXE_chat-server"),
-            &[
-                "--name",
-                name,
-                "--data",
-                &data,
-                "--broker",
-                &self.backend,
-                "--pub",
-                &self.xsub,
-                "--sub",
-                &self.xpub,
-            ],
-        );
+            "--data",
+            &data,
+            "--broker",
+            &self.backend,
+            "--pub",
+            &self.xsub,
+            "--sub",
+            &self.xpub,
+            "--reference",
+            &self.reference_endpoint,
+            "--peer",
+            "tcp://127.0.0.1:*",
+        ];
+        let flags = self.server_flags.clone();
+        args.extend(flags.iter().map(String::as_str));
+        args.extend_from_slice(extra);
+        let proc = Proc::start(name, env!("CARGO_BIN_EXE_chat-server"), &args);
+        let peer = field(&proc.endpoints(), "peer");
         self.servers.retain(|s| s.name != name);
         self.servers.push(proc);
+        self.peer_endpoints.retain(|(n, _)| n != name);
+        self.peer_endpoints.push((name.to_string(), peer));
+    }
+
+    /// The peer endpoint of server `name` (reads and `status` can be asked there directly).
+    pub fn peer_endpoint(&self, name: &str) -> String {
+        self.peer_endpoints
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, e)| e.clone())
+            .unwrap_or_else(|| panic!("no peer endpoint for {name}"))
     }
 
     /// The running server process `name`.
@@ -221,4 +258,66 @@ pub fn wait_for<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Opti
 /// Whether a path exists (for data-directory checks).
 pub fn exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// Sends one request to `endpoint` (a server's peer socket, or the reference) over a
+/// fresh REQ socket; `None` if no reply within a second.
+pub fn ask(endpoint: &str, request: chat_core::Request) -> Option<chat_core::ReplyEnvelope> {
+    let ctx = zmq::Context::new();
+    let s = ctx.socket(zmq::REQ).ok()?;
+    s.set_linger(0).ok()?;
+    s.connect(endpoint).ok()?;
+    let env = chat_core::RequestEnvelope {
+        request,
+        meta: chat_core::Meta::default(),
+    };
+    let bytes = chat_core::protocol::encode_request(&env, chat_core::Encoding::MsgPack).ok()?;
+    s.send(bytes, 0).ok()?;
+    if s.poll(zmq::POLLIN, 1000).ok()? == 0 {
+        return None;
+    }
+    let reply = s.recv_bytes(0).ok()?;
+    chat_core::protocol::decode_reply(&reply)
+        .ok()
+        .map(|(r, _)| r)
+}
+
+/// The status of the server whose peer socket is `endpoint`.
+pub fn status_at(endpoint: &str) -> Option<chat_core::ServerStatus> {
+    match ask(endpoint, chat_core::Request::Status)?.reply {
+        chat_core::Reply::Status(s) => Some(*s),
+        _ => None,
+    }
+}
+
+/// The full history of `channel` as stored by the server at `endpoint` (all pages).
+pub fn history_at(endpoint: &str, channel: &str) -> Option<Vec<chat_core::ChannelPost>> {
+    let mut out = Vec::new();
+    let mut before = None;
+    for _ in 0..10_000 {
+        let req = chat_core::Request::History {
+            target: chat_core::HistoryTarget::Channel(channel.to_string()),
+            before: before.clone(),
+            limit: 1000,
+        };
+        let page = match ask(endpoint, req)?.reply {
+            chat_core::Reply::History(p) => p,
+            _ => return None,
+        };
+        let mut items: Vec<chat_core::ChannelPost> = page
+            .items
+            .into_iter()
+            .filter_map(|p| match p {
+                chat_core::Publication::Channel(c) => Some(c),
+                chat_core::Publication::Direct(_) => None,
+            })
+            .collect();
+        items.append(&mut out);
+        out = items;
+        match page.next {
+            Some(n) => before = Some(n),
+            None => return Some(out),
+        }
+    }
+    None
 }

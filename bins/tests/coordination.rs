@@ -1,0 +1,107 @@
+//! Coordination with real processes: ranks from the reference, Bully election announced on
+//! `servers`, re-election after `kill -9`, Berkeley clock sync of skewed servers.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use chat_net::client::{Client, ClientEvent};
+use support::{status_at, wait_for, ProcCluster};
+
+/// Waits until every named server reports the same coordinator, which is the highest
+/// rank among them; returns (coordinator, term).
+fn agreed(cluster: &ProcCluster, names: &[&str], deadline: Duration) -> Option<(String, u64)> {
+    wait_for(deadline, || {
+        let statuses: Vec<_> = names
+            .iter()
+            .map(|n| status_at(&cluster.peer_endpoint(n)))
+            .collect::<Option<Vec<_>>>()?;
+        let highest = statuses.iter().max_by_key(|s| s.rank)?;
+        let first = statuses.first()?;
+        let same = statuses
+            .iter()
+            .all(|s| s.coordinator == first.coordinator && s.term == first.term);
+        (same && first.coordinator.as_deref() == Some(highest.name.as_str()))
+            .then(|| (highest.name.clone(), first.term))
+    })
+}
+
+#[test]
+fn coordinator_killed_survivors_elect_highest_rank_and_it_takes_over_again() {
+    let mut cluster = ProcCluster::start(3);
+    let all = ["server-1", "server-2", "server-3"];
+    let (first, term1) =
+        agreed(&cluster, &all, Duration::from_secs(20)).expect("initial agreement");
+
+    let watcher = Client::connect(cluster.client_config()).unwrap();
+    watcher.subscribe("servers").unwrap();
+
+    let survivors: Vec<&str> = all.iter().copied().filter(|n| *n != first).collect();
+    let killed_at = Instant::now();
+    cluster.server(&first).kill9();
+
+    // The survivors announce a new coordinator on `servers`.
+    let announced = wait_for(Duration::from_secs(10), || {
+        match watcher.events().recv_timeout(Duration::from_millis(50)) {
+            Ok(ClientEvent::Coordinator(a)) if a.coordinator != first => {
+                Some((a, killed_at.elapsed()))
+            }
+            _ => None,
+        }
+    });
+    let (announcement, took) = announced.expect("no new coordinator announced on `servers`");
+    eprintln!(
+        "re-election: kill -9 to announcement in {} ms",
+        took.as_millis()
+    );
+    assert!(announcement.term > term1, "terms only grow");
+
+    let (second, term2) =
+        agreed(&cluster, &survivors, Duration::from_secs(10)).expect("survivors agree");
+    assert_eq!(second, announcement.coordinator);
+    assert!(term2 > term1);
+
+    // The killed server (the highest rank) comes back and takes over in a higher term.
+    cluster.start_server(&first);
+    let (third, term3) =
+        agreed(&cluster, &all, Duration::from_secs(20)).expect("agreement after restart");
+    assert_eq!(third, first);
+    assert!(term3 > term2);
+}
+
+#[test]
+fn skewed_clocks_converge_within_10_ms() {
+    let mut cluster = ProcCluster::start(0);
+    cluster.start_server_with("server-1", &["--clock-skew-ms=-1000"]);
+    cluster.start_server_with("server-2", &["--clock-skew-ms=0"]);
+    cluster.start_server_with("server-3", &["--clock-skew-ms=800"]);
+    let names = ["server-1", "server-2", "server-3"];
+    agreed(&cluster, &names, Duration::from_secs(20)).expect("a coordinator");
+    // Offsets are relative to the same OS clock, so equal offsets mean equal timestamps.
+    let spread = wait_for(Duration::from_secs(20), || {
+        let offsets: Vec<i64> = names
+            .iter()
+            .map(|n| status_at(&cluster.peer_endpoint(n)).map(|s| s.clock_offset_ms))
+            .collect::<Option<Vec<_>>>()?;
+        let spread = offsets.iter().max()? - offsets.iter().min()?;
+        (spread <= 10).then_some((spread, offsets))
+    });
+    let (spread, offsets) = spread.expect("clocks did not converge to within 10 ms");
+    eprintln!("clock offsets after sync: {offsets:?} (spread {spread} ms)");
+    // And timestamps stamped by the servers agree: read them from `status` replies.
+    let stamps: Vec<i64> = names
+        .iter()
+        .map(|n| {
+            let t0 = Instant::now();
+            let r = support::ask(&cluster.peer_endpoint(n), chat_core::Request::Status).unwrap();
+            let ts = r.meta.timestamp.unwrap().millis();
+            // Bring each reading back to a common instant.
+            ts - t0.elapsed().as_millis() as i64
+        })
+        .collect();
+    let base = stamps[0];
+    assert!(
+        stamps.iter().all(|s| (s - base).abs() <= 10 + 5),
+        "server timestamps disagree: {stamps:?}"
+    );
+}

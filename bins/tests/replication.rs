@@ -1,0 +1,214 @@
+//! Replication without loss, with real processes: acknowledged writes survive `kill -9`,
+//! every server ends with the same history, a new server catches up by itself, and a
+//! write held only by a server that dies was never acknowledged.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use chat_net::client::{Client, ClientConfig};
+use support::{history_at, status_at, wait_for, ProcCluster, DEADLINE};
+
+/// Publishers that keep posting to `channel` until stopped; each returns what was acked.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acks: Arc<AtomicUsize>,
+    workers: Vec<JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(cfg: &ClientConfig, channel: &str, n: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(AtomicUsize::new(0));
+        let workers = (0..n)
+            .map(|w| {
+                let (cfg, stop, acks, channel) =
+                    (cfg.clone(), stop.clone(), acks.clone(), channel.to_string());
+                std::thread::spawn(move || {
+                    let c = Client::connect(cfg).unwrap();
+                    let mut acked = Vec::new();
+                    for i in 0..20_000 {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let body = format!("w{w}-{i}");
+                        if c.publish("ana", &channel, &body).is_ok() {
+                            acked.push(body);
+                            acks.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            acks,
+            workers,
+        }
+    }
+
+    fn wait_acks(&self, more: usize) {
+        let target = self.acks.load(Ordering::SeqCst) + more;
+        let ok = wait_for(DEADLINE, || {
+            (self.acks.load(Ordering::SeqCst) >= target).then_some(())
+        });
+        assert!(ok.is_some(), "load stalled below {target} acks");
+    }
+
+    fn stop(self) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut all = BTreeSet::new();
+        for w in self.workers {
+            all.extend(w.join().unwrap());
+        }
+        all
+    }
+}
+
+fn setup(cluster: &ProcCluster, names: &[&str]) -> Client {
+    let c = Client::connect(cluster.client_config()).unwrap();
+    c.login("ana").unwrap();
+    c.create_channel("geral").unwrap();
+    // Every server is registered, knows its peers and has the channel.
+    let ready = wait_for(DEADLINE, || {
+        names
+            .iter()
+            .all(|n| {
+                status_at(&cluster.peer_endpoint(n)).is_some_and(|s| {
+                    s.channels == 1 && s.peers.len() == names.len() - 1 && s.caught_up
+                })
+            })
+            .then_some(())
+    });
+    assert!(ready.is_some(), "cluster not ready");
+    c
+}
+
+/// Every server holds every acked post exactly once, in the same order, with the same digest.
+fn assert_converged(cluster: &ProcCluster, names: &[&str], acked: &BTreeSet<String>) {
+    let converged = wait_for(Duration::from_secs(20), || {
+        let digests: BTreeSet<String> = names
+            .iter()
+            .map(|n| status_at(&cluster.peer_endpoint(n)).map(|s| s.digest))
+            .collect::<Option<_>>()?;
+        (digests.len() == 1).then_some(())
+    });
+    assert!(converged.is_some(), "servers report different digests");
+    let mut histories = BTreeMap::new();
+    for n in names {
+        let h = history_at(&cluster.peer_endpoint(n), "geral").expect("history");
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for p in &h {
+            *counts.entry(p.message.as_str()).or_default() += 1;
+        }
+        let missing: Vec<_> = acked
+            .iter()
+            .filter(|m| !counts.contains_key(m.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{n} lacks acknowledged posts: {missing:?}"
+        );
+        let doubled: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+        assert!(doubled.is_empty(), "{n} has duplicates: {doubled:?}");
+        let order: Vec<String> = h.iter().map(|p| p.message.clone()).collect();
+        histories.insert(n.to_string(), order);
+    }
+    let first = histories.values().next().unwrap();
+    assert!(
+        histories.values().all(|h| h == first),
+        "servers disagree on the order"
+    );
+}
+
+fn kill_restart_and_check(victim_is_coordinator: bool) {
+    let mut cluster = ProcCluster::start(3);
+    let names = ["server-1", "server-2", "server-3"];
+    let _c = setup(&cluster, &names);
+    let coordinator = wait_for(DEADLINE, || {
+        status_at(&cluster.peer_endpoint("server-1"))?.coordinator
+    })
+    .expect("a coordinator");
+    let victim = if victim_is_coordinator {
+        coordinator
+    } else {
+        names
+            .iter()
+            .find(|n| **n != coordinator)
+            .unwrap()
+            .to_string()
+    };
+
+    let load = Load::start(&cluster.client_config(), "geral", 4);
+    load.wait_acks(200);
+    cluster.server(&victim).kill9();
+    load.wait_acks(300);
+    cluster.start_server(&victim);
+    load.wait_acks(200);
+    let acked = load.stop();
+    assert!(acked.len() >= 700);
+    assert_converged(&cluster, &names, &acked);
+    // The restarted server caught up by itself.
+    let caught_up = wait_for(DEADLINE, || {
+        status_at(&cluster.peer_endpoint(&victim)).filter(|s| s.caught_up)
+    });
+    assert!(caught_up.is_some(), "{victim} never reported caught up");
+}
+
+#[test]
+fn acked_writes_survive_kill9_of_a_server_and_all_servers_converge() {
+    kill_restart_and_check(false);
+}
+
+#[test]
+fn acked_writes_survive_kill9_of_the_coordinator_and_all_servers_converge() {
+    kill_restart_and_check(true);
+}
+
+#[test]
+fn a_new_server_with_an_empty_directory_catches_up() {
+    let mut cluster = ProcCluster::start(3);
+    let names = ["server-1", "server-2", "server-3"];
+    let _c = setup(&cluster, &names);
+    let load = Load::start(&cluster.client_config(), "geral", 2);
+    load.wait_acks(600);
+    let acked = load.stop();
+    cluster.start_server("server-4");
+    let all = ["server-1", "server-2", "server-3", "server-4"];
+    let caught_up = wait_for(DEADLINE, || {
+        status_at(&cluster.peer_endpoint("server-4"))
+            .filter(|s| s.caught_up && s.messages as usize >= acked.len())
+    });
+    assert!(caught_up.is_some(), "server-4 did not catch up");
+    assert_converged(&cluster, &all, &acked);
+}
+
+#[test]
+fn retried_writes_with_the_same_id_appear_once_on_every_server() {
+    let cluster = ProcCluster::start(2);
+    let names = ["server-1", "server-2"];
+    let c = setup(&cluster, &names);
+    // The broker hands consecutive requests to different servers, so each retry lands on
+    // the other server, often before the first copy was replicated to it.
+    let mut acked = BTreeSet::new();
+    for i in 0..100 {
+        let body = format!("once-{i}");
+        let req = chat_core::Request::Publish {
+            user: "ana".into(),
+            channel: "geral".into(),
+            message: body.clone(),
+        };
+        let id = Some(format!("req-{i}"));
+        for _ in 0..3 {
+            let r = c.request_with_id(req.clone(), id.clone()).unwrap();
+            assert_eq!(r.reply, chat_core::Reply::Done);
+        }
+        acked.insert(body);
+    }
+    assert_converged(&cluster, &names, &acked);
+}

@@ -1,0 +1,222 @@
+//! The socket-free heart of a server: the chat state, the Lamport clock, and the events
+//! of the current loop iteration waiting for their commit.
+
+use chat_core::protocol::RequestFailure;
+use chat_core::{
+    ChatError, ChatState, Event, EventId, EventKind, HistoryTarget, LamportClock, Limits, Meta,
+    Reply, ReplyEnvelope, Request, RequestEnvelope, Timestamp,
+};
+use tracing::{debug, warn};
+
+/// What handling one client request produced.
+#[derive(Debug)]
+pub struct Handled {
+    /// The reply.
+    pub reply: ReplyEnvelope,
+    /// When the reply acknowledges a write of this server: that event's sequence number.
+    /// The reply may only be sent once enough peers hold the event.
+    pub hold_for: Option<u64>,
+}
+
+/// The socket-free heart of a server: state, Lamport clock, and the batch of events waiting
+/// for their commit.
+#[derive(Debug)]
+pub struct Node {
+    name: String,
+    state: ChatState,
+    clock: LamportClock,
+    next_seq: u64,
+    limits: Limits,
+    pending: Vec<Event>,
+    local: Vec<Event>,
+}
+
+impl Node {
+    /// A node with empty state.
+    pub fn new(name: impl Into<String>, limits: Limits) -> Node {
+        Node {
+            name: name.into(),
+            state: ChatState::new(),
+            clock: LamportClock::new(),
+            next_seq: 1,
+            limits,
+            pending: Vec::new(),
+            local: Vec::new(),
+        }
+    }
+
+    /// Rebuilds state from stored events (on start).
+    pub fn recover(&mut self, events: &[Event]) {
+        for e in events {
+            self.state.apply(e);
+        }
+        self.clock.witness(self.state.max_clock());
+        self.next_seq = self.state.applied().get(&self.name).map_or(0, |a| a.max()) + 1;
+    }
+
+    /// Server name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The replicated state.
+    pub fn state(&self) -> &ChatState {
+        &self.state
+    }
+
+    /// Current Lamport clock.
+    pub fn lamport(&self) -> u64 {
+        self.clock.value()
+    }
+
+    /// Highest sequence number this server gave to one of its own events.
+    pub fn own_max_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Advances the Lamport clock for a message this server sends.
+    pub fn tick(&mut self) -> u64 {
+        self.clock.tick()
+    }
+
+    /// Merges the Lamport clock of a message this server received.
+    pub fn observe(&mut self, clock: u64) {
+        self.clock.observe(clock);
+    }
+
+    /// Metadata for a reply or request sent now.
+    pub fn meta(&mut self, now: Timestamp, id: Option<String>) -> Meta {
+        Meta {
+            clock: self.clock.tick(),
+            timestamp: Some(now),
+            id,
+        }
+    }
+
+    /// Handles a decoded client request at physical time `now`.
+    pub fn handle_request(&mut self, env: RequestEnvelope, now: Timestamp) -> Handled {
+        self.clock.observe(env.meta.clock);
+        let service = env.request.service();
+        let id = env.meta.id.clone();
+        let (reply, hold_for) = match self.answer(env, now) {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(server = %self.name, %service, error = %e, "request refused");
+                (Reply::Error((&e).into()), None)
+            }
+        };
+        Handled {
+            reply: ReplyEnvelope {
+                service: service.as_str().to_string(),
+                reply,
+                meta: self.meta(now, id),
+            },
+            hold_for,
+        }
+    }
+
+    /// Answers a frame that could not be decoded.
+    pub fn handle_failure(&mut self, f: &RequestFailure, now: Timestamp) -> ReplyEnvelope {
+        self.clock.observe(f.clock);
+        warn!(server = %self.name, error = %f.error, "bad request");
+        let meta = self.meta(now, f.id.clone());
+        ReplyEnvelope::error(
+            f.service.clone().unwrap_or_else(|| "error".into()),
+            &f.error,
+            meta,
+        )
+    }
+
+    fn answer(
+        &mut self,
+        env: RequestEnvelope,
+        now: Timestamp,
+    ) -> Result<(Reply, Option<u64>), ChatError> {
+        let RequestEnvelope { request, meta } = env;
+        if let Some(kind) = EventKind::from_request(&request) {
+            if let Some(rid) = &meta.id {
+                if let Some(original) = self.state.event_for_request(rid) {
+                    // A retry of a write we already have: the same answer, once it is safe.
+                    let hold = (original.origin == self.name).then_some(original.seq);
+                    return Ok((Reply::Done, hold));
+                }
+            }
+            self.state.validate(&kind, &self.limits)?;
+            let seq = self.next_seq;
+            let event = Event {
+                id: EventId {
+                    origin: self.name.clone(),
+                    seq,
+                },
+                clock: self.clock.tick(),
+                timestamp: now,
+                request_id: meta.id,
+                kind,
+            };
+            self.next_seq += 1;
+            self.state.apply(&event);
+            self.pending.push(event.clone());
+            self.local.push(event);
+            return Ok((Reply::Done, Some(seq)));
+        }
+        let reply = match request {
+            Request::Users => Reply::Users(self.state.users()),
+            Request::Channels => Reply::Channels(self.state.channels()),
+            Request::History {
+                target,
+                before,
+                limit,
+            } => {
+                let (HistoryTarget::Channel(name) | HistoryTarget::User(name)) = &target;
+                if name.is_empty() {
+                    return Err(ChatError::MissingField {
+                        service: "history".into(),
+                        field: "channel` or `data.user",
+                    });
+                }
+                Reply::History(
+                    self.state
+                        .history(&target, before.as_deref(), limit as usize)?,
+                )
+            }
+            Request::Subscribe { .. } | Request::Unsubscribe { .. } | Request::Heartbeat { .. } => {
+                Reply::Done
+            }
+            other => {
+                return Err(ChatError::UnknownService(format!(
+                    "{} (not offered by chat servers through the broker)",
+                    other.service().as_str()
+                )))
+            }
+        };
+        Ok((reply, None))
+    }
+
+    /// Applies an event replicated from another server; returns whether it was new.
+    pub fn handle_replicated(&mut self, event: Event) -> bool {
+        self.clock.observe(event.clock);
+        if self.state.contains(&event.id) {
+            return false;
+        }
+        if event.id.origin == self.name {
+            // Our own event coming back from a peer (we lost it, e.g. a disk restored
+            // from backup): keep it, and never reuse its sequence number.
+            self.next_seq = self.next_seq.max(event.id.seq + 1);
+        }
+        self.state.apply(&event);
+        self.pending.push(event);
+        true
+    }
+
+    /// Events waiting to be committed to the store.
+    pub fn pending(&self) -> &[Event] {
+        &self.pending
+    }
+
+    /// Marks the pending events committed; returns this server's own new events, to
+    /// publish and replicate.
+    pub fn committed(&mut self) -> Vec<Event> {
+        self.pending.clear();
+        std::mem::take(&mut self.local)
+    }
+}
