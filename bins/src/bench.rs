@@ -5,14 +5,17 @@
 //! 1. **Cluster.** Unless `--broker`/`--sub` name a running cluster, one is started in this
 //!    process on loopback with OS-chosen ports: proxy, broker, reference and `--servers`
 //!    servers with their default settings (a write is acknowledged once another server
-//!    holds it), each on its own thread with its own ZeroMQ context (as separate processes
-//!    would have), the servers on SQLite in a temporary directory (or in memory with
-//!    `--store memory`). The run waits until [`SETUP_STREAK`] × servers `status` replies in
-//!    a row come from servers that know every other server and have caught up.
+//!    holds it) except the per-user flood protection, off unless `--rate-limit`; each on
+//!    its own thread with its own ZeroMQ context (as separate processes would have), the
+//!    servers on SQLite in a temporary directory (or in memory with `--store memory`). The
+//!    run waits until every server, asked `status` on new connections, knows every other
+//!    server and has caught up.
 //! 2. **Setup.** A channel unique to the run (`bench-<run id>`) is created, and probes are
-//!    published until [`SETUP_STREAK`] × servers in a row succeed (every server knows the
-//!    channel); the clients log in; the subscribers subscribe and probes are published until
-//!    each has received one (its subscription is live: slow joiner).
+//!    published, each on a new connection (the broker keeps a connection on the server that
+//!    served it last, new ones go round-robin), until [`SETUP_STREAK`] × servers in a row
+//!    succeed (every server knows the channel); the clients log in; the subscribers
+//!    subscribe and probes are published until each has received one (its subscription is
+//!    live: slow joiner).
 //! 3. **Load.** `--clients` threads, each with its own SDK [`Client`], send requests back to
 //!    back (closed loop) drawn from `--mix`: `--warmup` unrecorded, then `--duration`
 //!    recorded. The latency of each request (the SDK call, retries included) goes into an
@@ -42,7 +45,12 @@
 //! not queried, to stay free of `libc`. With an in-process cluster everything (clients,
 //! broker, proxy, servers, subscribers) runs in this process, so the figure is the CPU of
 //! the whole system under test; against a running cluster it is only the clients' and
-//! subscribers' share. Without `/proc` it is reported as absent.
+//! subscribers' share. The same is read for every thread (`/proc/self/task/*/stat`) and
+//! summed by thread name without its number ([`thread_group`]): `bench-server`,
+//! `bench-broker`, `bench-proxy`, `bench-reference`, `bench-client` (SDK callers),
+//! `chat-client-sub` (the SDK's subscriber threads), `bench-sub` (counting), and for the
+//! baseline `bench-req`, `bench-echo`, `bench-zmq-proxy`; libzmq's own I/O threads are
+//! unnamed and reported as [`UNNAMED_THREADS`]. Without `/proc` CPU is reported as absent.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::{self, Write as _};
@@ -53,6 +61,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use chat_core::ratelimit::RateLimit;
 use chat_core::{ErrorCode, HistoryTarget};
 use chat_net::broker::{Broker, BrokerConfig};
 use chat_net::client::{Client, ClientConfig, ClientError, ClientEvent};
@@ -284,6 +293,11 @@ pub struct BenchArgs {
     /// Parent of the temporary SQLite directory (default: the system temporary directory).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Per-user write limit (writes/s) of the in-process servers; 0, the default, turns the
+    /// flood protection off, since each bench client is one user writing flat out (the
+    /// servers' own default is 1000/s, bursts of 2000).
+    #[arg(long, default_value_t = 0)]
+    pub rate_limit: u32,
     /// Broker frontend of a running cluster to load instead of starting one (with --sub).
     #[arg(long, requires = "sub")]
     pub broker: Option<String>,
@@ -382,6 +396,8 @@ pub struct RunConfig {
     pub servers: usize,
     /// Store of the in-process servers (`None` for a running cluster).
     pub store: Option<String>,
+    /// Per-user write limit of the in-process servers (0: off).
+    pub rate_limit: u32,
     /// Client threads.
     pub clients: usize,
     /// Subscribers.
@@ -461,10 +477,29 @@ pub struct OpReport {
 pub struct CpuReport {
     /// User plus system time, in seconds.
     pub seconds: f64,
-    /// That over the phase's wall time, in percent of one core.
+    /// User time, in seconds.
+    pub user_seconds: f64,
+    /// System (kernel) time, in seconds.
+    pub system_seconds: f64,
+    /// User plus system over the phase's wall time, in percent of one core.
     pub percent: f64,
     /// CPU microseconds per successful request.
     pub us_per_request: f64,
+    /// By thread group (thread name without its number), most first.
+    pub threads: Vec<ThreadCpu>,
+}
+
+/// CPU of the threads of one group during a phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadCpu {
+    /// Thread name without its trailing number (`bench-server`, `ZMQbg/IO`, ...).
+    pub group: String,
+    /// Threads in the group.
+    pub threads: usize,
+    /// User plus system time, in seconds.
+    pub seconds: f64,
+    /// That over the phase's wall time, in percent of one core.
+    pub percent: f64,
 }
 
 /// What one subscriber received of the measured publications.
@@ -523,7 +558,14 @@ impl BenchReport {
         let c = &self.config;
         let mut out = String::new();
         let target = match &c.store {
-            Some(store) => format!("in-process cluster, {} servers, {store} store", c.servers),
+            Some(store) => format!(
+                "in-process cluster, {} servers, {store} store, per-user rate limit {}",
+                c.servers,
+                match c.rate_limit {
+                    0 => "off".to_string(),
+                    n => format!("{n}/s"),
+                }
+            ),
             None => format!("running cluster {}", c.target),
         };
         let _ = writeln!(out, "chat-bench run {}: {target}", self.run_id);
@@ -574,6 +616,42 @@ impl BenchReport {
                 "",
                 format!("{:.2}x", r.p99)
             );
+        }
+        let _ = writeln!(
+            out,
+            "\nCPU of this process in the measured phase (% of one core):"
+        );
+        for (label, load) in [
+            ("chat", Some(&self.chat)),
+            ("baseline", self.baseline.as_ref()),
+        ] {
+            if let Some(cpu) = load.and_then(|l| l.cpu.as_ref()) {
+                let groups: Vec<String> = cpu
+                    .threads
+                    .iter()
+                    .filter(|t| t.percent >= 1.0)
+                    .map(|t| format!("{} {:.0}", t.group, t.percent))
+                    .collect();
+                let window = if cpu.percent > 0.0 {
+                    cpu.seconds * 100.0 / cpu.percent
+                } else {
+                    0.0
+                };
+                let pct = |s: f64| {
+                    if window > 0.0 {
+                        100.0 * s / window
+                    } else {
+                        0.0
+                    }
+                };
+                let _ = writeln!(
+                    out,
+                    "  {label:<9} user {:.0} + system {:.0}; by thread: {}",
+                    pct(cpu.user_seconds),
+                    pct(cpu.system_seconds),
+                    groups.join(", ")
+                );
+            }
         }
         if self.chat.operations.len() > 1 {
             let _ = writeln!(out, "\nchat by operation:");
@@ -711,6 +789,7 @@ pub fn run(args: &BenchArgs, stop: &Shutdown) -> anyhow::Result<BenchReport> {
             }),
             servers: args.servers,
             store: external.is_none().then(|| args.store.as_str().to_string()),
+            rate_limit: args.rate_limit,
             clients: args.clients,
             subscribers: args.subscribers,
             size: args.size,
@@ -753,24 +832,122 @@ fn machine() -> Machine {
     }
 }
 
-/// CPU seconds (user + system) this process has used, from `/proc/self/stat`.
-pub fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// Reads a `stat` file of procfs: `(command name, utime, stime)` in clock ticks.
+fn read_stat(path: &std::path::Path) -> Option<(String, u64, u64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces: count after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state): utime is field 14, stime field 15.
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?.to_string();
+    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    // The fields after the name start at field 3 (state): utime is 14, stime 15.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / CLOCK_TICKS)
+    Some((name, utime, stime))
+}
+
+/// CPU seconds (user + system) this process has used, from `/proc/self/stat`.
+pub fn process_cpu_seconds() -> Option<f64> {
+    read_stat(std::path::Path::new("/proc/self/stat")).map(|(_, u, s)| (u + s) as f64 / CLOCK_TICKS)
+}
+
+/// The group a thread's CPU is reported under: its name without a trailing number
+/// (`bench-server-2` → `bench-server`, `ZMQbg/IO/0` → `ZMQbg/IO`).
+pub fn thread_group(name: &str) -> String {
+    name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == '/')
+        .to_string()
+}
+
+/// CPU ticks of the process and of each of its threads at one instant.
+struct CpuSnapshot {
+    user: u64,
+    system: u64,
+    /// Thread id → (name, user + system ticks).
+    threads: BTreeMap<String, (String, u64)>,
+}
+
+/// Threads that kept the process name: libzmq's I/O and reaper threads (this build does
+/// not name them). The main thread is reported as `main`.
+pub const UNNAMED_THREADS: &str = "zmq-io";
+
+fn cpu_snapshot() -> Option<CpuSnapshot> {
+    let (process, user, system) = read_stat(std::path::Path::new("/proc/self/stat"))?;
+    let pid = std::process::id().to_string();
+    let mut threads = BTreeMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for entry in dir.flatten() {
+            if let Some((name, u, s)) = read_stat(&entry.path().join("stat")) {
+                let tid = entry.file_name().to_string_lossy().into_owned();
+                let name = if tid == pid {
+                    "main".to_string()
+                } else if name == process {
+                    UNNAMED_THREADS.to_string()
+                } else {
+                    name
+                };
+                threads.insert(tid, (name, u + s));
+            }
+        }
+    }
+    Some(CpuSnapshot {
+        user,
+        system,
+        threads,
+    })
+}
+
+/// CPU used between two snapshots, over `window` of wall time.
+fn cpu_report(a: &CpuSnapshot, b: &CpuSnapshot, window: f64, ok: u64) -> CpuReport {
+    let secs = |ticks: u64| ticks as f64 / CLOCK_TICKS;
+    let pct = |s: f64| {
+        if window > 0.0 {
+            100.0 * s / window
+        } else {
+            0.0
+        }
+    };
+    let user = secs(b.user.saturating_sub(a.user));
+    let system = secs(b.system.saturating_sub(a.system));
+    let seconds = user + system;
+    let mut groups: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    for (tid, (name, ticks)) in &b.threads {
+        let before = a.threads.get(tid).map_or(0, |(_, t)| *t);
+        let g = groups.entry(thread_group(name)).or_default();
+        g.0 += 1;
+        g.1 += ticks.saturating_sub(before);
+    }
+    let mut threads: Vec<ThreadCpu> = groups
+        .into_iter()
+        .filter(|(_, (_, ticks))| *ticks > 0)
+        .map(|(group, (threads, ticks))| ThreadCpu {
+            group,
+            threads,
+            seconds: secs(ticks),
+            percent: pct(secs(ticks)),
+        })
+        .collect();
+    threads.sort_by(|x, y| y.seconds.total_cmp(&x.seconds));
+    CpuReport {
+        seconds,
+        user_seconds: user,
+        system_seconds: system,
+        percent: pct(seconds),
+        us_per_request: if ok > 0 {
+            seconds * 1e6 / ok as f64
+        } else {
+            0.0
+        },
+        threads,
+    }
 }
 
 // ---------------------------------------------------------------------------------------
 // Phases, workers and histograms, shared by the chat load and the baseline.
 
-const WARMUP: u8 = 0;
-const MEASURE: u8 = 1;
-const STOP: u8 = 2;
+const SETUP: u8 = 0;
+const WARMUP: u8 = 1;
+const MEASURE: u8 = 2;
+const STOP: u8 = 3;
 
 /// The phase every worker of a load reads before each request, and the measured count.
 #[derive(Default)]
@@ -803,6 +980,10 @@ fn drive(
     let mut seq = 0u64;
     loop {
         let measured = match ctl.phase.load(Ordering::Acquire) {
+            SETUP => {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
             WARMUP => false,
             MEASURE => true,
             _ => break,
@@ -819,14 +1000,14 @@ fn drive(
         match result {
             Ok(()) => {
                 let ns = u64::try_from((done - started).as_nanos()).unwrap_or(u64::MAX);
-                let hist = match stats.hists.iter().position(|(name, _)| *name == op) {
-                    Some(i) => &mut stats.hists[i].1,
+                let i = match stats.hists.iter().position(|(name, _)| *name == op) {
+                    Some(i) => i,
                     None => {
                         stats.hists.push((op, template.clone()));
-                        &mut stats.hists.last_mut().expect("just pushed").1
+                        stats.hists.len() - 1
                     }
                 };
-                hist.saturating_record(ns.max(1));
+                stats.hists[i].1.saturating_record(ns.max(1));
             }
             Err(code) => *stats.errors.entry(code).or_default() += 1,
         }
@@ -852,7 +1033,8 @@ fn latency(h: &Histogram<u64>) -> Latency {
 struct Timing {
     start: Instant,
     stopped: Instant,
-    cpu: Option<f64>,
+    /// CPU at `start` and at `stopped`.
+    cpu: Option<(CpuSnapshot, CpuSnapshot)>,
     interrupted: bool,
 }
 
@@ -896,19 +1078,11 @@ fn merge(
     } else {
         0.0
     };
-    let cpu = timing.cpu.map(|seconds| CpuReport {
-        seconds,
-        percent: if elapsed > 0.0 {
-            100.0 * seconds / elapsed
-        } else {
-            0.0
-        },
-        us_per_request: if ok > 0 {
-            seconds * 1e6 / ok as f64
-        } else {
-            0.0
-        },
-    });
+    let window = timing.stopped.duration_since(timing.start).as_secs_f64();
+    let cpu = timing
+        .cpu
+        .as_ref()
+        .map(|(a, b)| cpu_report(a, b, window, ok));
     Ok(LoadReport {
         requests,
         ok,
@@ -948,6 +1122,7 @@ impl Progress {
                 args.warmup.as_secs_f64()
             ));
         }
+        ctl.phase.store(WARMUP, Ordering::Release);
         let warm_end = Instant::now() + args.warmup;
         while !stop.is_triggered() {
             let left = warm_end.saturating_duration_since(Instant::now());
@@ -956,7 +1131,7 @@ impl Progress {
             }
             std::thread::sleep(left.min(Duration::from_millis(100)));
         }
-        let cpu0 = process_cpu_seconds();
+        let cpu0 = cpu_snapshot();
         let start = Instant::now();
         ctl.phase.store(MEASURE, Ordering::Release);
         let end = start + args.duration;
@@ -987,9 +1162,7 @@ impl Progress {
         }
         ctl.phase.store(STOP, Ordering::Release);
         let stopped = Instant::now();
-        let cpu = process_cpu_seconds()
-            .zip(cpu0)
-            .map(|(b, a)| (b - a).max(0.0));
+        let cpu = cpu0.zip(cpu_snapshot());
         Timing {
             start,
             stopped,
@@ -1048,36 +1221,7 @@ struct Cluster {
 
 impl Cluster {
     fn start(args: &BenchArgs) -> anyhow::Result<Cluster> {
-        let loopback = "tcp://127.0.0.1:*";
-        let proxy_ctx = zmq::Context::new();
-        let proxy = Proxy::bind(
-            &proxy_ctx,
-            &ProxyConfig {
-                xsub: loopback.into(),
-                xpub: loopback.into(),
-            },
-        )
-        .context("binding the proxy")?;
-        let broker_ctx = zmq::Context::new();
-        let broker = Broker::bind(
-            &broker_ctx,
-            &BrokerConfig {
-                frontend: loopback.into(),
-                backend: loopback.into(),
-                ..BrokerConfig::default()
-            },
-        )
-        .context("binding the broker")?;
-        let reference_ctx = zmq::Context::new();
-        let reference = Reference::bind(
-            &reference_ctx,
-            &ReferenceConfig {
-                bind: loopback.into(),
-                ..ReferenceConfig::default()
-            },
-        )
-        .context("binding the reference")?;
-        let reference_endpoint = reference.endpoint().to_string();
+        let loopback = || "tcp://127.0.0.1:*".to_string();
         let dir = match args.store {
             StoreKind::Memory => None,
             StoreKind::Sqlite => Some(
@@ -1090,46 +1234,79 @@ impl Cluster {
                 .context("creating the temporary data directory")?,
             ),
         };
-        let (xsub, xpub) = (
-            proxy.xsub_endpoint().to_string(),
-            proxy.xpub_endpoint().to_string(),
-        );
-        let backend = broker.backend_endpoint().to_string();
         let mut cluster = Cluster {
-            frontend: broker.frontend_endpoint().to_string(),
-            xpub: xpub.clone(),
+            frontend: String::new(),
+            xpub: String::new(),
             infra: Shutdown::new(),
             infra_threads: Vec::new(),
             servers: Vec::new(),
             _dir: None,
         };
         let sd = cluster.infra.clone();
-        cluster
-            .infra_threads
-            .push(spawn("bench-proxy".into(), move || {
-                let _ctx = proxy_ctx;
-                if let Err(e) = proxy.run(&sd) {
+        let ((xsub, xpub), thread) = spawn_bound(
+            "bench-proxy",
+            zmq::Context::new(),
+            move |ctx| {
+                let cfg = ProxyConfig {
+                    xsub: loopback(),
+                    xpub: loopback(),
+                };
+                let p = Proxy::bind(ctx, &cfg)?;
+                let endpoints = (p.xsub_endpoint().to_string(), p.xpub_endpoint().to_string());
+                Ok((endpoints, p))
+            },
+            move |p: Proxy| {
+                if let Err(e) = p.run(&sd) {
                     tracing::error!(error = %e, "bench proxy failed");
                 }
-            })?);
+            },
+        )?;
+        cluster.infra_threads.push(thread);
         let sd = cluster.infra.clone();
-        cluster
-            .infra_threads
-            .push(spawn("bench-broker".into(), move || {
-                let _ctx = broker_ctx;
-                if let Err(e) = broker.run(&sd) {
+        let ((frontend, backend), thread) = spawn_bound(
+            "bench-broker",
+            zmq::Context::new(),
+            move |ctx| {
+                let cfg = BrokerConfig {
+                    frontend: loopback(),
+                    backend: loopback(),
+                    ..BrokerConfig::default()
+                };
+                let b = Broker::bind(ctx, &cfg)?;
+                let endpoints = (
+                    b.frontend_endpoint().to_string(),
+                    b.backend_endpoint().to_string(),
+                );
+                Ok((endpoints, b))
+            },
+            move |b: Broker| {
+                if let Err(e) = b.run(&sd) {
                     tracing::error!(error = %e, "bench broker failed");
                 }
-            })?);
+            },
+        )?;
+        cluster.infra_threads.push(thread);
         let sd = cluster.infra.clone();
-        cluster
-            .infra_threads
-            .push(spawn("bench-reference".into(), move || {
-                let _ctx = reference_ctx;
-                if let Err(e) = reference.run(&sd) {
+        let (reference, thread) = spawn_bound(
+            "bench-reference",
+            zmq::Context::new(),
+            move |ctx| {
+                let cfg = ReferenceConfig {
+                    bind: loopback(),
+                    ..ReferenceConfig::default()
+                };
+                let r = Reference::bind(ctx, &cfg)?;
+                Ok((r.endpoint().to_string(), r))
+            },
+            move |r: Reference| {
+                if let Err(e) = r.run(&sd) {
                     tracing::error!(error = %e, "bench reference failed");
                 }
-            })?);
+            },
+        )?;
+        cluster.infra_threads.push(thread);
+        cluster.frontend = frontend;
+        cluster.xpub = xpub.clone();
         for i in 1..=args.servers {
             let name = format!("server-{i}");
             let store: Box<dyn Store> = match &dir {
@@ -1143,7 +1320,11 @@ impl Cluster {
                 broker: backend.clone(),
                 publish: xsub.clone(),
                 subscribe: xpub.clone(),
-                reference: Some(reference_endpoint.clone()),
+                reference: Some(reference.clone()),
+                rate_limit: match args.rate_limit {
+                    0 => RateLimit::disabled(),
+                    n => RateLimit::new(n, n.saturating_mul(2)),
+                },
                 ..ServerConfig::new(name.clone())
             };
             let shutdown = Shutdown::new();
@@ -1158,6 +1339,35 @@ impl Cluster {
         }
         cluster._dir = dir;
         Ok(cluster)
+    }
+}
+
+/// Starts a component on a thread `name` with `ctx` (a context without sockets yet):
+/// `bind` runs there, so libzmq's I/O threads are started by, and named after, that thread;
+/// its endpoints come back here, then `serve` runs until the component stops.
+fn spawn_bound<E: Send + 'static, C>(
+    name: &str,
+    ctx: zmq::Context,
+    bind: impl FnOnce(&zmq::Context) -> zmq::Result<(E, C)> + Send + 'static,
+    serve: impl FnOnce(C) + Send + 'static,
+) -> anyhow::Result<(E, JoinHandle<()>)> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let thread = spawn(name.to_string(), move || match bind(&ctx) {
+        Ok((endpoints, component)) => {
+            let _ = tx.send(Ok(endpoints));
+            serve(component);
+        }
+        Err(e) => {
+            let _ = tx.send(Err(e));
+        }
+    })?;
+    match rx.recv_timeout(SETUP_DEADLINE) {
+        Ok(Ok(endpoints)) => Ok((endpoints, thread)),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(anyhow::Error::new(e).context(format!("binding {name}")))
+        }
+        Err(_) => bail!("{name} did not bind within {SETUP_DEADLINE:?}"),
     }
 }
 
@@ -1210,6 +1420,7 @@ struct SubShared {
 }
 
 /// What a subscriber thread kept.
+#[derive(Default)]
 struct SubStats {
     seen: HashSet<u64>,
     received: u64,
@@ -1306,7 +1517,7 @@ fn run_chat(
     // The cluster, formed; the channel, known to every server.
     let setup = Client::connect(config.clone()).context("connecting the setup client")?;
     if cluster.is_some() {
-        wait_formed(&setup, args.servers)?;
+        wait_formed(&config, args.servers)?;
     }
     with_retry("creating the bench channel", || {
         match setup.create_channel(&channel) {
@@ -1323,7 +1534,7 @@ fn run_chat(
                 "the bench channel {channel} did not reach every server within {SETUP_DEADLINE:?}"
             );
         }
-        match publish_probe(&setup) {
+        match on_fresh(&config, &mut publish_probe) {
             Ok(()) => streak += 1,
             Err(_) => {
                 streak = 0;
@@ -1332,32 +1543,33 @@ fn run_chat(
         }
     }
 
-    // Clients, logged in.
-    let mut clients = Vec::with_capacity(args.clients);
-    for i in 0..args.clients {
-        let client = Client::connect(config.clone()).context("connecting a bench client")?;
-        let user = format!("bench-{run:08x}-c{i}");
-        with_retry("logging a bench client in", || client.login(&user))?;
-        clients.push((client, user));
-    }
-
-    // Subscribers, live.
+    // Subscribers, live; clients, logged in. Each connects on its own thread, so that the
+    // I/O threads of its ZeroMQ context are named after it (CPU by thread group).
     let sub_stop = Arc::new(AtomicBool::new(false));
     let flag = sub_stop.clone();
     let _stop_subscribers = OnDrop(move || flag.store(true, Ordering::Release));
+    let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<Result<(), String>>();
     let mut subs = Vec::with_capacity(args.subscribers);
     for i in 0..args.subscribers {
-        let client = Client::connect(config.clone()).context("connecting a subscriber")?;
-        client
-            .subscribe(&channel)
-            .context("subscribing to the bench channel")?;
         let shared = Arc::new(SubShared::default());
         let (sh, st, ch) = (shared.clone(), sub_stop.clone(), channel.clone());
+        let (config, ready) = (config.clone(), ready_tx.clone());
         let thread = spawn(format!("bench-sub-{i}"), move || {
-            subscriber_loop(client, ch, run, sh, st)
+            let connected = Client::connect(config).and_then(|c| c.subscribe(&ch).map(|()| c));
+            match connected {
+                Ok(client) => {
+                    let _ = ready.send(Ok(()));
+                    subscriber_loop(client, ch, run, sh, st)
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(format!("subscribing to the bench channel: {e}")));
+                    SubStats::default()
+                }
+            }
         })?;
         subs.push((shared, thread));
     }
+    wait_ready(&ready_rx, args.subscribers)?;
     let end = Instant::now() + SETUP_DEADLINE;
     while !subs.iter().all(|(s, _)| s.live.load(Ordering::Acquire)) {
         if Instant::now() >= end {
@@ -1367,25 +1579,37 @@ fn run_chat(
         std::thread::sleep(PROBE_INTERVAL);
     }
 
-    // The load.
-    progress.say(&format!(
-        "chat: {} clients, {} B, mix {}, {} subscribers",
-        args.clients, args.size, args.mix, args.subscribers
-    ));
     let ctl = Arc::new(Control::default());
     let c = ctl.clone();
     let _stop_workers = OnDrop(move || c.phase.store(STOP, Ordering::Release));
     let mut workers = Vec::with_capacity(args.clients);
-    for (i, (client, user)) in clients.into_iter().enumerate() {
+    for i in 0..args.clients {
         let (ctl, template, mix, channel) = (
             ctl.clone(),
             template.clone(),
             args.mix.clone(),
             channel.clone(),
         );
+        let (config, ready) = (config.clone(), ready_tx.clone());
         let size = args.size;
         let id = u16::try_from(i).unwrap_or(u16::MAX);
         workers.push(spawn(format!("bench-client-{i}"), move || {
+            let user = format!("bench-{run:08x}-c{i}");
+            let connected = Client::connect(config)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| {
+                    with_retry("logging a bench client in", || c.login(&user)).map(|()| c)
+                });
+            let client = match connected {
+                Ok(client) => {
+                    let _ = ready.send(Ok(()));
+                    client
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(format!("{e:#}")));
+                    return None;
+                }
+            };
             let mut rng = rand::thread_rng();
             let total = mix.total();
             let mut body = String::with_capacity(size);
@@ -1415,11 +1639,21 @@ fn run_chat(
                     result.map_err(|e| e.code().as_str().to_string()),
                 )
             });
-            (stats, id, acked)
+            Some((stats, id, acked))
         })?);
     }
+    wait_ready(&ready_rx, args.clients)?;
+
+    // The load.
+    progress.say(&format!(
+        "chat: {} clients, {} B, mix {}, {} subscribers",
+        args.clients, args.size, args.mix, args.subscribers
+    ));
     let timing = progress.pace("chat", &ctl, args, stop);
-    let results = join(workers, "bench client")?;
+    let results: Vec<_> = join(workers, "bench client")?
+        .into_iter()
+        .flatten()
+        .collect();
 
     // Let the subscribers catch up, then compare.
     let acked_total: u64 = results.iter().map(|(_, _, a)| a.len() as u64).sum();
@@ -1428,7 +1662,7 @@ fn run_chat(
     let (shared, threads): (Vec<_>, Vec<_>) = subs.into_iter().unzip();
     drop(shared);
     let seen = join(threads, "subscriber")?;
-    let replicas = replicas(&setup, args.servers);
+    let replicas = replicas(&config, args.servers);
     let acked: HashSet<u64> = results
         .iter()
         .flat_map(|(_, id, a)| a.iter().map(move |s| key(*id, *s)))
@@ -1463,23 +1697,55 @@ fn run_chat(
     })
 }
 
-/// Waits until [`SETUP_STREAK`] × `servers` `status` replies in a row come from servers
-/// that know the `servers - 1` others and have caught up.
-fn wait_formed(client: &Client, servers: usize) -> anyhow::Result<()> {
+/// Waits for `n` threads to report that they are connected (or why they are not).
+fn wait_ready(
+    ready: &crossbeam_channel::Receiver<Result<(), String>>,
+    n: usize,
+) -> anyhow::Result<()> {
+    let end = Instant::now() + SETUP_DEADLINE * 2;
+    for _ in 0..n {
+        match ready.recv_deadline(end) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("{e}"),
+            Err(_) => bail!(
+                "bench threads did not connect within {:?}",
+                SETUP_DEADLINE * 2
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f` on a client of its own: a new connection, which the broker hands to the next
+/// server in turn (it keeps a connection on the server that served it last).
+fn on_fresh<T>(
+    config: &ClientConfig,
+    f: impl FnOnce(&Client) -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    let client = Client::connect(config.clone())?;
+    f(&client)
+}
+
+/// Waits until `servers` distinct servers have answered `status` knowing the
+/// `servers - 1` others and caught up, and the last [`SETUP_STREAK`] × `servers` replies
+/// (each on a new connection) all did.
+fn wait_formed(config: &ClientConfig, servers: usize) -> anyhow::Result<()> {
     let need = SETUP_STREAK * servers;
     let end = Instant::now() + SETUP_DEADLINE;
     let mut streak = 0;
+    let mut formed: HashSet<String> = HashSet::new();
     let mut last = String::from("no reply");
-    while streak < need {
+    while streak < need || formed.len() < servers {
         if Instant::now() >= end {
             bail!("the cluster did not form within {SETUP_DEADLINE:?}; last status: {last}");
         }
-        match client.status() {
+        match on_fresh(config, Client::status) {
             Ok(st)
                 if st.caught_up
                     && st.peers.iter().filter(|p| p.name != st.name).count() + 1 >= servers =>
             {
-                streak += 1
+                formed.insert(st.name);
+                streak += 1;
             }
             other => {
                 last = match other {
@@ -1499,14 +1765,14 @@ fn wait_formed(client: &Client, servers: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads `status` until every one of `servers` servers answered (bounded), by name.
-fn replicas(client: &Client, servers: usize) -> Vec<ReplicaReport> {
+/// Reads `status` on new connections until `servers` servers answered (bounded), by name.
+fn replicas(config: &ClientConfig, servers: usize) -> Vec<ReplicaReport> {
     let mut found: BTreeMap<String, ReplicaReport> = BTreeMap::new();
     for _ in 0..servers * 8 {
         if found.len() >= servers {
             break;
         }
-        if let Ok(st) = client.status() {
+        if let Ok(st) = on_fresh(config, Client::status) {
             found.insert(
                 st.name.clone(),
                 ReplicaReport {
@@ -1651,20 +1917,28 @@ fn run_baseline(
     ));
     let ctx = zmq::Context::new();
     let loopback = "tcp://127.0.0.1:*";
-    let mut front = sockets::socket(&ctx, zmq::ROUTER, sockets::REQUEST_HWM)?;
-    let frontend = sockets::bind(&front, loopback).context("binding the baseline frontend")?;
-    let mut back = sockets::socket(&ctx, zmq::DEALER, sockets::REQUEST_HWM)?;
-    let backend = sockets::bind(&back, loopback).context("binding the baseline backend")?;
     let control_addr = format!("inproc://chat-bench-proxy-{:016x}", rand::random::<u64>());
-    let mut control = sockets::socket(&ctx, zmq::PAIR, 16)?;
-    control.bind(&control_addr)?;
+    let addr = control_addr.clone();
+    let ((frontend, backend), thread) = spawn_bound(
+        "bench-zmq-proxy",
+        ctx.clone(),
+        move |ctx| {
+            let front = sockets::socket(ctx, zmq::ROUTER, sockets::REQUEST_HWM)?;
+            let frontend = sockets::bind(&front, loopback)?;
+            let back = sockets::socket(ctx, zmq::DEALER, sockets::REQUEST_HWM)?;
+            let backend = sockets::bind(&back, loopback)?;
+            let control = sockets::socket(ctx, zmq::PAIR, 16)?;
+            control.bind(&addr)?;
+            Ok(((frontend, backend), (front, back, control)))
+        },
+        |(mut front, mut back, mut control)| {
+            if let Err(e) = zmq::proxy_steerable(&mut front, &mut back, &mut control) {
+                tracing::error!(error = %e, "baseline proxy failed");
+            }
+        },
+    )?;
     let steer = sockets::socket(&ctx, zmq::PAIR, 16)?;
     steer.connect(&control_addr)?;
-    let thread = spawn("bench-zmq-proxy".into(), move || {
-        if let Err(e) = zmq::proxy_steerable(&mut front, &mut back, &mut control) {
-            tracing::error!(error = %e, "baseline proxy failed");
-        }
-    })?;
     let proxy = SteeredProxy {
         control: steer,
         thread: Some(thread),
@@ -1763,6 +2037,13 @@ mod tests {
         assert_eq!(a.warmup, Duration::from_secs(1));
         assert_eq!(a.mix, Mix::publish_only());
         assert_eq!(a.store, StoreKind::Sqlite);
+    }
+
+    #[test]
+    fn thread_groups_drop_the_number() {
+        assert_eq!(thread_group("bench-server-12"), "bench-server");
+        assert_eq!(thread_group("ZMQbg/IO/0"), "ZMQbg/IO");
+        assert_eq!(thread_group("chat-client-sub"), "chat-client-sub");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use chat_core::{Encoding, Limits};
 use chat_net::broker::{run_broker, BrokerConfig};
 use chat_net::proxy::{run_proxy, ProxyConfig};
 use chat_net::reference::{run_reference, ReferenceConfig};
-use chat_net::server::{run_server, ServerConfig};
+use chat_net::server::{run_server_reporting, ServerConfig};
 use chat_net::Shutdown;
 use chat_store::{MemoryStore, SqliteStore, Store};
 use chat_sync::{AckPolicy, ReplicationConfig};
@@ -98,6 +98,30 @@ pub fn proxy(args: &ProxyArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
         .with_context(|| format!("proxy on {} / {}", args.xsub, args.xpub));
     let _ = announcer.join();
     result
+}
+
+/// `chat-web`: the browser client and cluster view.
+#[derive(Debug, Clone, Args)]
+pub struct WebArgs {
+    /// HTTP listen address (`host:port`; port 0 lets the OS choose).
+    #[arg(long, env = "CHAT_WEB_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Broker frontend endpoint.
+    #[arg(long, env = "CHAT_BROKER", default_value = chat_core::DEFAULT_BROKER_FRONTEND)]
+    pub broker: String,
+    /// Proxy XPUB endpoint.
+    #[arg(long, env = "CHAT_SUB", default_value = chat_core::DEFAULT_PROXY_XPUB)]
+    pub sub: String,
+}
+
+/// Runs the web UI until `shutdown` (prints `chat-web listening url=...`).
+pub fn web(args: &WebArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
+    let cfg = chat_web::WebConfig {
+        listen: args.listen.clone(),
+        broker: args.broker.clone(),
+        sub: args.sub.clone(),
+    };
+    chat_web::run_web(&cfg, shutdown)
 }
 
 /// `chat-reference`: ranks for server names, the live-server list, heartbeats.
@@ -187,6 +211,12 @@ pub struct ServerArgs {
     /// Encoding of publications: msgpack or json.
     #[arg(long, env = "CHAT_SERDE", default_value = "msgpack", value_parser = parse_encoding)]
     pub encoding: Encoding,
+    /// Writes per second each user may make, sustained (`rate_limited` beyond); 0 disables.
+    #[arg(long, env = "CHAT_RATE_LIMIT_PER_SEC", default_value_t = chat_core::ratelimit::DEFAULT_PER_SEC)]
+    pub rate_limit_per_sec: u32,
+    /// Writes a quiet user may make at once before the per-second rate applies.
+    #[arg(long, env = "CHAT_RATE_LIMIT_BURST", default_value_t = chat_core::ratelimit::DEFAULT_BURST)]
+    pub rate_limit_burst: u32,
     /// Maintenance commands.
     #[command(subcommand)]
     pub command: Option<ServerCommand>,
@@ -252,6 +282,10 @@ pub fn server(args: &ServerArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
             max_message_bytes: args.max_message_bytes,
         },
         encoding: args.encoding,
+        rate_limit: chat_core::ratelimit::RateLimit::new(
+            args.rate_limit_per_sec,
+            args.rate_limit_burst,
+        ),
         reference: (args.reference != "none").then(|| args.reference.clone()),
         peer: args.peer.clone(),
         advertise: args.advertise.clone(),
@@ -264,5 +298,18 @@ pub fn server(args: &ServerArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
     };
     let ctx = zmq::Context::new();
     tracing::info!(server = %cfg.name, broker = %cfg.broker, "starting");
-    run_server(&ctx, &cfg, store, shutdown).with_context(|| format!("server {}", cfg.name))
+    let (tx, rx) = crossbeam_channel::bounded::<String>(1);
+    let name = cfg.name.clone();
+    let announcer = std::thread::spawn(move || {
+        if let Ok(peer) = rx.recv() {
+            announce(
+                "chat-server",
+                &[("peer", peer.as_str()), ("name", name.as_str())],
+            );
+        }
+    });
+    let result = run_server_reporting(&ctx, &cfg, store, shutdown, Some(tx))
+        .with_context(|| format!("server {}", cfg.name));
+    let _ = announcer.join();
+    result
 }

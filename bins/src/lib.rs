@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`client_cli`]: the terminal client (`chat-client`): command parsing, rendering, modes.
-//! - [`bench`]: `chat-bench`, the load generator with a raw-ZeroMQ baseline in the same run.
+//! - [`bench`](mod@bench): `chat-bench`, the load generator with a raw-ZeroMQ baseline in the same run.
 //! - [`bot`]: the seed bot (`chat-bot`).
 //! - [`daemons`]: flags and entry points of the broker, proxy and server.
 //! - [`up`]: `chat up`, which starts a whole cluster of child processes on loopback.

@@ -1,7 +1,7 @@
 //! `chat up`: the whole cluster on loopback in one command.
 //!
 //! Starts child processes of the current executable (the multi-call `chat` binary):
-//! proxy, broker, reference, N servers, M bots (the web UI joins when it exists).
+//! proxy, broker, reference, N servers, M bots and the web UI.
 //! Every child's output is forwarded line by line, prefixed with its name. Ctrl-C (or
 //! SIGTERM) sends SIGTERM to every child, waits for them (they stop within a few hundred
 //! milliseconds), and kills any straggler after [`STOP_GRACE`].
@@ -42,6 +42,9 @@ pub struct UpArgs {
     /// Keep server state in memory only.
     #[arg(long)]
     pub memory: bool,
+    /// Address of the web UI (`none` to skip it).
+    #[arg(long, env = "CHAT_WEB_LISTEN", default_value = "127.0.0.1:8080")]
+    pub web: String,
 }
 
 /// The loopback endpoints of a cluster started with `base` as its first port.
@@ -279,6 +282,39 @@ fn start(
             ],
         )?;
         procs.push(p);
+    }
+    let mut web_url = None;
+    if args.web != "none" {
+        let (mut web, rx) = spawn(
+            exe,
+            "web",
+            &[
+                "web".into(),
+                "--listen".into(),
+                args.web.clone(),
+                "--broker".into(),
+                tcp(ports.frontend),
+                "--sub".into(),
+                tcp(ports.xpub),
+            ],
+        )?;
+        let end = Instant::now() + START_TIMEOUT;
+        while Instant::now() < end && web_url.is_none() {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
+                web_url = line.split("url=").nth(1).map(|u| u.trim().to_string());
+            }
+            if web.child.try_wait()?.is_some() {
+                eprintln!(
+                    "       up | the web UI did not start (is {} in use?); the rest runs",
+                    args.web
+                );
+                break;
+            }
+        }
+        procs.push(web);
+    }
+    if let Some(url) = &web_url {
+        eprintln!("       up | web UI: {url}");
     }
     eprintln!(
         "       up | cluster up: {} servers, {} bots; broker {}, subscriptions {}",

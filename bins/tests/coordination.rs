@@ -105,3 +105,49 @@ fn skewed_clocks_converge_within_10_ms() {
         "server timestamps disagree: {stamps:?}"
     );
 }
+
+#[test]
+fn servers_register_again_by_themselves_after_a_reference_restart() {
+    let mut cluster = ProcCluster::start(2);
+    let names = ["server-1", "server-2"];
+    agreed(&cluster, &names, Duration::from_secs(20)).expect("a coordinator");
+    let ranks: Vec<Option<u64>> = names
+        .iter()
+        .map(|n| status_at(&cluster.peer_endpoint(n)).and_then(|s| s.rank))
+        .collect();
+    let endpoint = cluster.reference_endpoint.clone();
+    cluster.reference.kill9();
+
+    // While the reference is down the servers keep serving and keep their peers.
+    let c = Client::connect(cluster.client_config()).unwrap();
+    c.login("ana").unwrap();
+    let s = status_at(&cluster.peer_endpoint("server-1")).unwrap();
+    assert_eq!(
+        s.peers.len(),
+        1,
+        "server-1 forgot its peer while the reference is down"
+    );
+
+    // A fresh reference (empty registry) on the same endpoint: the servers register again,
+    // with the ranks they had.
+    cluster.reference = support::Proc::start(
+        "reference",
+        env!("CARGO_BIN_EXE_chat-reference"),
+        &["--bind", &endpoint, "--timeout-ms", "2000"],
+    );
+    let listed = wait_for(Duration::from_secs(10), || {
+        match support::ask(&endpoint, chat_core::Request::List)?.reply {
+            chat_core::Reply::List(l) if l.len() == 2 => Some(l),
+            _ => None,
+        }
+    })
+    .expect("servers did not register again");
+    for (n, r) in names.iter().zip(&ranks) {
+        let entry = listed.iter().find(|s| s.name == *n).expect("listed");
+        assert_eq!(
+            Some(entry.rank),
+            *r,
+            "{n} changed rank across the reference restart"
+        );
+    }
+}

@@ -36,7 +36,7 @@ impl Load {
                             break;
                         }
                         let body = format!("w{w}-{i}");
-                        if c.publish("ana", &channel, &body).is_ok() {
+                        if c.publish(&format!("user{w}"), &channel, &body).is_ok() {
                             acked.push(body);
                             acks.fetch_add(1, Ordering::SeqCst);
                         }
@@ -192,9 +192,22 @@ fn a_new_server_with_an_empty_directory_catches_up() {
 fn retried_writes_with_the_same_id_appear_once_on_every_server() {
     let cluster = ProcCluster::start(2);
     let names = ["server-1", "server-2"];
-    let c = setup(&cluster, &names);
-    // The broker hands consecutive requests to different servers, so each retry lands on
-    // the other server, often before the first copy was replicated to it.
+    let _c = setup(&cluster, &names);
+    // Two clients on different servers (the broker keeps a client on one server and
+    // spreads new clients round-robin): each retry lands on the other server, often
+    // before the first copy was replicated to it.
+    let mut clients: Vec<Client> = Vec::new();
+    for _ in 0..20 {
+        let c = Client::connect(cluster.client_config()).unwrap();
+        let name = c.status().unwrap().name;
+        if clients.iter().all(|o| o.status().unwrap().name != name) {
+            clients.push(c);
+        }
+        if clients.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(clients.len(), 2, "could not get clients on two servers");
     let mut acked = BTreeSet::new();
     for i in 0..100 {
         let body = format!("once-{i}");
@@ -204,11 +217,145 @@ fn retried_writes_with_the_same_id_appear_once_on_every_server() {
             message: body.clone(),
         };
         let id = Some(format!("req-{i}"));
-        for _ in 0..3 {
-            let r = c.request_with_id(req.clone(), id.clone()).unwrap();
+        for k in 0..3 {
+            let r = clients[(i + k) % 2]
+                .request_with_id(req.clone(), id.clone())
+                .unwrap();
             assert_eq!(r.reply, chat_core::Reply::Done);
         }
         acked.insert(body);
     }
     assert_converged(&cluster, &names, &acked);
+}
+
+/// A peer that answers everything (so the server sees it alive and caught up) except
+/// `replicate`, which it swallows: the write is never durable anywhere but at its origin.
+fn fake_peer(reference: &str, stop: Arc<AtomicBool>) -> (JoinHandle<usize>, String) {
+    use chat_core::protocol::{decode_request, encode_reply, encode_request};
+    use chat_core::{Encoding, Meta, Reply, ReplyEnvelope, Request, RequestEnvelope};
+    let ctx = zmq::Context::new();
+    let router = ctx.socket(zmq::ROUTER).unwrap();
+    router.set_linger(0).unwrap();
+    router.bind("tcp://127.0.0.1:*").unwrap();
+    let endpoint = router.get_last_endpoint().unwrap().unwrap();
+    let reference = reference.to_string();
+    let ep = endpoint.clone();
+    let handle = std::thread::spawn(move || {
+        let reg = ctx.socket(zmq::REQ).unwrap();
+        reg.set_linger(0).unwrap();
+        reg.connect(&reference).unwrap();
+        let mut swallowed = 0;
+        let mut next_hb = std::time::Instant::now();
+        let mut first = true;
+        for _ in 0..100_000 {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            if std::time::Instant::now() >= next_hb {
+                let request = if first {
+                    Request::Rank {
+                        name: "fake".into(),
+                        endpoint: Some(ep.clone()),
+                    }
+                } else {
+                    Request::Heartbeat {
+                        user: Some("fake".into()),
+                    }
+                };
+                first = false;
+                let env = RequestEnvelope {
+                    request,
+                    meta: Meta::default(),
+                };
+                reg.send(encode_request(&env, Encoding::MsgPack).unwrap(), 0)
+                    .unwrap();
+                if reg.poll(zmq::POLLIN, 1000).unwrap() > 0 {
+                    let _ = reg.recv_bytes(0);
+                }
+                next_hb = std::time::Instant::now() + Duration::from_millis(300);
+            }
+            if router.poll(zmq::POLLIN, 50).unwrap() == 0 {
+                continue;
+            }
+            let parts = router.recv_multipart(0).unwrap();
+            let Some(body) = parts.last() else { continue };
+            let Ok((req, _)) = decode_request(body) else {
+                continue;
+            };
+            let reply = match &req.request {
+                Request::Replicate { .. } => {
+                    swallowed += 1;
+                    continue;
+                }
+                Request::Sync { .. } => Reply::Events {
+                    events: vec![],
+                    more: false,
+                },
+                Request::Clock => Reply::Clock(chat_core::Timestamp::from_millis(0)),
+                _ => Reply::Done,
+            };
+            let env = ReplyEnvelope {
+                service: req.request.service().as_str().into(),
+                reply,
+                meta: Meta {
+                    clock: 1,
+                    timestamp: None,
+                    id: req.meta.id.clone(),
+                },
+            };
+            let mut frames = parts[..parts.len() - 1].to_vec();
+            frames.push(encode_reply(&env, Encoding::MsgPack).unwrap());
+            router.send_multipart(frames, 0).unwrap();
+        }
+        swallowed
+    });
+    (handle, endpoint)
+}
+
+#[test]
+fn a_write_only_its_dying_server_held_was_never_acknowledged() {
+    let mut cluster = ProcCluster::start(0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (fake, _) = fake_peer(&cluster.reference_endpoint, stop.clone());
+    cluster.start_server("server-1");
+    let ready = wait_for(DEADLINE, || {
+        status_at(&cluster.peer_endpoint("server-1"))
+            .filter(|s| s.caught_up && s.peers.iter().any(|p| p.name == "fake"))
+    });
+    assert!(ready.is_some(), "server-1 never saw the fake peer");
+
+    let cfg = ClientConfig {
+        attempts: 1,
+        timeout: Duration::from_secs(8),
+        ..cluster.client_config()
+    };
+    let c = Client::connect(cfg).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let client = std::thread::spawn(move || {
+        let r = c.create_channel("geral");
+        let _ = tx.send(r.is_ok());
+    });
+    // The write reached server-1's disk and was pushed to the fake peer, which never acks.
+    let pushed = wait_for(DEADLINE, || {
+        status_at(&cluster.peer_endpoint("server-1")).filter(|s| s.channels == 1)
+    });
+    assert!(pushed.is_some(), "the write never reached server-1");
+    assert!(
+        rx.try_recv().is_err(),
+        "the client was answered before any peer held the write"
+    );
+    cluster.server("server-1").kill9();
+    let acked = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the client call returns");
+    assert!(
+        !acked,
+        "the client was told OK for a write no surviving server holds"
+    );
+    client.join().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    assert!(
+        fake.join().unwrap() > 0,
+        "the fake peer never received the write"
+    );
 }

@@ -2,13 +2,18 @@
 
 /// A Lamport clock: `tick()` before every send, `observe(received)` on every receive.
 ///
-/// Arithmetic saturates at `u64::MAX`, so the clock never wraps and never goes backwards.
+/// Values saturate at [`LamportClock::MAX`] (2^53 - 1, the largest integer every JSON and
+/// JavaScript client holds exactly, and the largest clock the protocol accepts), so the
+/// clock never wraps, never goes backwards, and never produces a stamp a peer would refuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct LamportClock {
     value: u64,
 }
 
 impl LamportClock {
+    /// Largest value the clock takes (2^53 - 1).
+    pub const MAX: u64 = (1 << 53) - 1;
+
     /// A clock starting at zero.
     pub const fn new() -> Self {
         LamportClock { value: 0 }
@@ -16,7 +21,9 @@ impl LamportClock {
 
     /// A clock starting at `value` (e.g. restored from storage).
     pub const fn starting_at(value: u64) -> Self {
-        LamportClock { value }
+        LamportClock {
+            value: if value > Self::MAX { Self::MAX } else { value },
+        }
     }
 
     /// The current value.
@@ -26,19 +33,19 @@ impl LamportClock {
 
     /// Advances the clock for a local event or a send and returns the stamp to use.
     pub fn tick(&mut self) -> u64 {
-        self.value = self.value.saturating_add(1);
+        self.value = self.value.saturating_add(1).min(Self::MAX);
         self.value
     }
 
     /// Merges a received stamp: `max(local, received) + 1`; returns the new value.
     pub fn observe(&mut self, received: u64) -> u64 {
-        self.value = self.value.max(received).saturating_add(1);
+        self.value = self.value.max(received).saturating_add(1).min(Self::MAX);
         self.value
     }
 
     /// Raises the clock to at least `value` without counting an event (used on recovery).
     pub fn witness(&mut self, value: u64) {
-        self.value = self.value.max(value);
+        self.value = self.value.max(value).min(Self::MAX);
     }
 }
 
@@ -61,11 +68,13 @@ mod tests {
     }
 
     #[test]
-    fn saturates_instead_of_wrapping() {
-        let mut c = LamportClock::starting_at(u64::MAX - 1);
-        assert_eq!(c.tick(), u64::MAX);
-        assert_eq!(c.tick(), u64::MAX);
-        assert_eq!(c.observe(u64::MAX), u64::MAX);
+    fn saturates_at_the_protocol_maximum() {
+        let max = LamportClock::MAX;
+        let mut c = LamportClock::starting_at(max - 1);
+        assert_eq!(c.tick(), max);
+        assert_eq!(c.tick(), max);
+        assert_eq!(c.observe(u64::MAX), max);
+        assert_eq!(LamportClock::starting_at(u64::MAX).value(), max);
     }
 
     proptest! {
@@ -74,9 +83,10 @@ mod tests {
             let mut c = LamportClock::starting_at(start);
             let mut last = c.value();
             for op in ops {
-                let v = match op { Some(r) => { let v = c.observe(r); prop_assert!(v >= r); v } None => c.tick() };
+                let v = match op { Some(r) => { let v = c.observe(r); prop_assert!(v >= r.min(LamportClock::MAX)); v } None => c.tick() };
                 prop_assert!(v >= last);
-                prop_assert!(v > last || v == u64::MAX);
+                prop_assert!(v > last || v == LamportClock::MAX);
+                prop_assert!(v <= LamportClock::MAX);
                 last = v;
             }
         }

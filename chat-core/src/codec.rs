@@ -2,7 +2,8 @@
 //!
 //! Encoding writes structs as string-keyed maps (what seed clients expect; plain
 //! `rmp_serde::to_vec` would write arrays). Decoding picks the format from the first
-//! non-whitespace byte: `{` means JSON, anything else MessagePack.
+//! non-whitespace byte: `{` or `[` means JSON, anything else MessagePack (a MessagePack
+//! request is a map, whose first byte is never `{` or `[`).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -18,10 +19,10 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    /// The encoding a frame is in, judged by its first non-whitespace byte.
+    /// The encoding a frame is in, judged by its first non-whitespace byte (`{` or `[`: JSON).
     pub fn detect(bytes: &[u8]) -> Encoding {
         match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-            Some(b'{') => Encoding::Json,
+            Some(b'{' | b'[') => Encoding::Json,
             _ => Encoding::MsgPack,
         }
     }

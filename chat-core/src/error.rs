@@ -106,7 +106,7 @@ impl fmt::Display for NameKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChatError {
     /// The bytes are not a MessagePack or JSON map of the expected shape.
-    #[error("the request could not be decoded: {0}")]
+    #[error("the request is not a MessagePack or JSON map {{\"service\": ..., \"data\": {{...}}}} (decoder: {0})")]
     BadFrame(String),
     /// The envelope has no `service` string.
     #[error("the request has no `service` field")]
@@ -127,9 +127,17 @@ pub enum ChatError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The service is not offered here.
+    /// The service does not exist.
     #[error("unknown service `{0}`")]
     UnknownService(String),
+    /// The service exists but this component does not offer it.
+    #[error("service `{service}` is not offered here: {reason}")]
+    NotOffered {
+        /// The service asked for.
+        service: String,
+        /// Where to ask instead.
+        reason: &'static str,
+    },
     /// A user or channel name breaks the naming rules.
     #[error("invalid {kind} name {name:?}: {reason}")]
     InvalidName {
@@ -186,7 +194,9 @@ impl ChatError {
             | ChatError::MissingService
             | ChatError::MissingField { .. }
             | ChatError::InvalidField { .. } => ErrorCode::BadRequest,
-            ChatError::UnknownService(_) => ErrorCode::UnknownService,
+            ChatError::UnknownService(_) | ChatError::NotOffered { .. } => {
+                ErrorCode::UnknownService
+            }
             ChatError::InvalidName { .. } => ErrorCode::InvalidName,
             ChatError::ReservedName { .. } => ErrorCode::ReservedName,
             ChatError::UnknownChannel(_) => ErrorCode::UnknownChannel,

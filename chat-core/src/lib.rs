@@ -12,6 +12,7 @@
 //! - [`time`]: [`Timestamp`], ISO-8601 out, ISO-8601 or Unix numbers in.
 //! - [`domain`]: [`ChatState`], the replicated state machine (validate, apply, query).
 //! - [`validate`]: naming rules and size limits.
+//! - [`ratelimit`]: per-user token buckets for writes (flood protection), bounded in size.
 //! - [`error`]: [`ChatError`], one variant per refusal, each with a stable [`ErrorCode`].
 //!
 //! Default endpoints of every component are the `DEFAULT_*` constants below.
@@ -21,6 +22,7 @@ pub mod codec;
 pub mod domain;
 pub mod error;
 pub mod protocol;
+pub mod ratelimit;
 pub mod time;
 pub mod validate;
 pub mod wire;

@@ -15,7 +15,7 @@ use crate::wire::{ServerInfo, ServerStatus, WireData, WireEnvelope, WirePublicat
 /// Largest Lamport clock accepted from outside (2^53 - 1, the largest integer every JSON
 /// and JavaScript client represents exactly). Larger values would let one client push every
 /// clock in the cluster to saturation.
-pub const MAX_ACCEPTED_CLOCK: u64 = (1 << 53) - 1;
+pub const MAX_ACCEPTED_CLOCK: u64 = crate::clock::LamportClock::MAX;
 
 /// Default number of events in a `sync` answer.
 pub const DEFAULT_SYNC_LIMIT: u32 = 500;

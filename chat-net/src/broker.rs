@@ -20,6 +20,11 @@
 //!   full, gets an `unavailable` error reply from the broker itself.
 //! - A request that is not exactly one non-empty frame gets `bad_request`, one larger than
 //!   [`BrokerConfig::max_frame`] gets `too_large`; both in the encoding of the request.
+//!   The frontend socket's `MAXMSGSIZE` is [`FRONTEND_FRAME_FACTOR`] times the frame limit
+//!   (4 MiB by default), so a frame up to that size still reaches the broker and is answered
+//!   `too_large`; only a frame beyond it is refused by libzmq itself, which closes that
+//!   client's connection without a reply (the bound on what one frame can make the broker
+//!   allocate).
 //! - Nothing a peer sends can stop the loop: malformed frames are counted and logged
 //!   (warnings are rate-limited) and sends to vanished clients are dropped.
 //!
@@ -45,12 +50,18 @@ use crate::{sockets, Shutdown};
 const MAX_POLL: Duration = Duration::from_millis(100);
 /// Most messages read from one socket before looking at the other one again.
 const BATCH: usize = 1024;
-/// The backend accepts frames this many times larger than the frontend, so an oversized
+/// The backend accepts frames this many times larger than the frame limit, so an oversized
 /// reply reaches the broker (which answers `too_large`) instead of killing the server's
 /// connection.
 const BACKEND_FRAME_FACTOR: i64 = 4;
+/// The frontend accepts frames this many times larger than the frame limit, so an oversized
+/// request reaches the broker and gets a `too_large` reply instead of a silently closed
+/// connection; libzmq drops only frames beyond this.
+pub const FRONTEND_FRAME_FACTOR: i64 = 4;
 /// Longest timeout honoured (larger ones are clamped, so deadlines cannot overflow).
 const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most clients remembered for session affinity (the map is reset when full).
+const MAX_AFFINITY: usize = 65_536;
 /// Rate-limited warnings: at most this many per second.
 const WARNINGS_PER_SECOND: u32 = 20;
 
@@ -138,7 +149,7 @@ impl Broker {
             .max(sockets::MAX_MSG_SIZE);
         let frontend = sockets::socket(ctx, zmq::ROUTER, sockets::REQUEST_HWM)?;
         frontend.set_router_mandatory(true)?;
-        frontend.set_maxmsgsize(frame_limit)?;
+        frontend.set_maxmsgsize(frame_limit.saturating_mul(FRONTEND_FRAME_FACTOR))?;
         let backend = sockets::socket(ctx, zmq::ROUTER, sockets::REQUEST_HWM)?;
         backend.set_router_mandatory(true)?;
         backend.set_maxmsgsize(frame_limit.saturating_mul(BACKEND_FRAME_FACTOR))?;
@@ -305,6 +316,8 @@ struct Core {
     next_heartbeat: Instant,
     warn: WarnLimiter,
     stats: BrokerStats,
+    /// Client identity → the server that served it last.
+    affinity: HashMap<Vec<u8>, u64>,
 }
 
 impl Core {
@@ -331,6 +344,7 @@ impl Core {
                 suppressed: 0,
             },
             stats: BrokerStats::default(),
+            affinity: HashMap::new(),
         }
     }
 
@@ -661,16 +675,33 @@ impl Core {
         self.deadlines.push(Reverse(deadline));
     }
 
-    /// Hands queued requests to servers with free credits, round-robin.
+    /// Hands queued requests to servers with free credits: a client goes back to the
+    /// server that served it last while that server is alive and has a credit (session
+    /// affinity: one publisher's posts leave through one server, in order); otherwise, and
+    /// for new clients, round-robin.
     fn dispatch(&mut self, io: &Io) {
         while self.queued > 0 {
-            let Some(sid) = self.pop_ready() else {
+            let Some(token) = self.pop_queue() else {
                 return;
             };
-            let Some(token) = self.pop_queue() else {
-                // Nothing live in the queue after all: give the credit back.
-                self.mark_ready(sid);
-                return;
+            let client = self
+                .requests
+                .get(&token)
+                .and_then(|p| p.envelope.first().cloned())
+                .unwrap_or_default();
+            let preferred = self
+                .affinity
+                .get(&client)
+                .copied()
+                .filter(|sid| self.servers.get(sid).is_some_and(Server::has_credit));
+            let sid = match preferred.or_else(|| self.pop_ready()) {
+                Some(sid) => sid,
+                None => {
+                    // No credit anywhere: put the request back where it was.
+                    self.queue.push_front(token);
+                    self.queued += 1;
+                    return;
+                }
             };
             let (Some(server), Some(p)) =
                 (self.servers.get_mut(&sid), self.requests.get_mut(&token))
@@ -684,6 +715,10 @@ impl Core {
                     p.place = Place::InFlight { sid };
                     server.inflight.insert(token);
                     tracing::debug!(token, server = sid, "request dispatched");
+                    if self.affinity.len() >= MAX_AFFINITY && !self.affinity.contains_key(&client) {
+                        self.affinity.clear();
+                    }
+                    self.affinity.insert(client, sid);
                     self.mark_ready(sid);
                 }
                 Err(e) => {

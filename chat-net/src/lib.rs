@@ -4,7 +4,7 @@
 //! - [`backend`]: the frame protocol between the broker and servers (READY/HB/REQ/REP/BYE).
 //! - [`broker`]: the reliable request broker (ROUTER/ROUTER, heartbeats, re-dispatch).
 //! - [`proxy`]: the XSUB/XPUB forwarder for publications.
-//! - [`reference`]: the reference service (ranks, live-server list, heartbeats).
+//! - [`reference`](mod@reference): the reference service (ranks, live-server list, heartbeats).
 //! - [`server`]: the server runtime: one `zmq::poll` loop driving `chat-core` and a store.
 //! - [`client`]: the client SDK: typed requests with Lazy Pirate retries, exact-topic
 //!   subscriptions delivered over a `crossbeam-channel`.

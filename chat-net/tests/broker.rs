@@ -319,17 +319,28 @@ fn two_servers_share_requests_round_robin() {
     let b = FakeServer::start(&broker.ctx, &broker.back, Mode::Echo);
     a.wait_registered();
     b.wait_registered();
-    let client = broker.req_client();
-    for i in 0..10 {
+    // New clients are assigned round-robin...
+    let clients: Vec<_> = (0..10).map(|_| broker.req_client()).collect();
+    for (i, client) in clients.iter().enumerate() {
         let body = users_request(&format!("rr{i}"), Encoding::MsgPack);
-        assert_eq!(ask(&client, &body, SOON), body);
+        assert_eq!(ask(client, &body, SOON), body);
     }
     let (na, nb) = (a.received.len(), b.received.len());
-    assert_eq!((na, nb), (5, 5), "requests were not shared round-robin");
+    assert_eq!((na, nb), (5, 5), "new clients were not shared round-robin");
+    // ...and each client stays with its server (session affinity keeps its order).
+    for (i, client) in clients.iter().enumerate().take(4) {
+        let body = users_request(&format!("again{i}"), Encoding::MsgPack);
+        assert_eq!(ask(client, &body, SOON), body);
+    }
+    assert_eq!(
+        (a.received.len(), b.received.len()),
+        (7, 7),
+        "clients moved between servers"
+    );
     a.stop();
     b.stop();
     let stats = broker.stop();
-    assert_eq!(stats.replies, 10);
+    assert_eq!(stats.replies, 14);
     assert_eq!(stats.servers_joined, 2);
 }
 

@@ -92,7 +92,13 @@ fn every_seed_service_works_through_the_broker_with_three_servers() {
     assert_eq!(channels, ["geral", "tech"]);
     wait_for(DEADLINE, || {
         (0..6)
-            .all(|_| c.channels().map(|ch| ch.len() == 2).unwrap_or(false))
+            .all(|_| {
+                cluster
+                    .client()
+                    .channels()
+                    .map(|ch| ch.len() == 2)
+                    .unwrap_or(false)
+            })
             .then_some(())
     })
     .expect("all servers have both channels");
@@ -114,10 +120,12 @@ fn every_seed_service_works_through_the_broker_with_three_servers() {
     );
     assert_eq!(c.login("a b").unwrap_err().code(), ErrorCode::InvalidName);
 
-    // History converges on every server, in the same order.
+    // History converges on every server, in the same order. A client sticks to one server
+    // (session affinity) and new clients are spread round-robin, so ask through fresh ones.
     let history = wait_for(DEADLINE, || {
         let mut seen = BTreeMap::new();
         for _ in 0..9 {
+            let c = cluster.client();
             let s = c.status().ok()?;
             let page = c
                 .history(HistoryTarget::Channel("geral".into()), None, 100)

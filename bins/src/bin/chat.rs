@@ -1,7 +1,7 @@
 //! `chat`: the multi-call binary. `chat up` runs the whole cluster; `chat broker|proxy|server|...`
 //! run one component (the same code as the dedicated binaries).
 
-use bins::daemons::{BrokerArgs, ProxyArgs, ReferenceArgs, ServerArgs};
+use bins::daemons::{BrokerArgs, ProxyArgs, ReferenceArgs, ServerArgs, WebArgs};
 use bins::up::UpArgs;
 use clap::{Parser, Subcommand};
 
@@ -27,12 +27,22 @@ enum Cmd {
     Reference(ReferenceArgs),
     /// Run one chat server.
     Server(ServerArgs),
+    /// Run the web UI (as `chat-web`).
+    Web(WebArgs),
+    /// Run a bot (as `chat-bot`).
+    Bot(bins::bot::BotArgs),
+    /// Run the terminal client (as `chat-client`).
+    Client(bins::client_cli::ClientCli),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
+    if let Cmd::Client(args) = cli.command {
+        bins::init_logging("chat-client");
+        return Ok(bins::client_cli::run(args));
+    }
     let shutdown = bins::install_shutdown();
-    match cli.command {
+    let result = match cli.command {
         Cmd::Up(args) => {
             let exe = std::env::current_exe()?;
             bins::up::run_up(&args, &exe, &shutdown)
@@ -53,5 +63,15 @@ fn main() -> anyhow::Result<()> {
             bins::init_logging("server");
             bins::daemons::server(&args, &shutdown)
         }
-    }
+        Cmd::Web(args) => {
+            bins::init_logging("web");
+            bins::daemons::web(&args, &shutdown)
+        }
+        Cmd::Bot(args) => {
+            bins::init_logging("bot");
+            bins::bot::run_bot(&args.config(), &shutdown).map(|_| ())
+        }
+        Cmd::Client(_) => Ok(()),
+    };
+    result.map(|()| std::process::ExitCode::SUCCESS)
 }

@@ -81,6 +81,8 @@ pub struct ServerConfig {
     pub capacity: u32,
     /// Size limits.
     pub limits: Limits,
+    /// Per-user rate limit of client writes (see [`chat_core::ratelimit`]; rate 0 disables).
+    pub rate_limit: chat_core::ratelimit::RateLimit,
     /// Encoding of publications.
     pub encoding: Encoding,
     /// Most messages drained from one socket per loop iteration.
@@ -113,6 +115,7 @@ impl ServerConfig {
             clock_skew_ms: 0,
             capacity: backend::DEFAULT_CAPACITY,
             limits: Limits::default(),
+            rate_limit: chat_core::ratelimit::RateLimit::default(),
             encoding: Encoding::MsgPack,
             max_batch: 512,
             replication: ReplicationConfig::default(),
@@ -259,7 +262,7 @@ impl<'a> Runtime<'a> {
         cfg: &'a ServerConfig,
         store: Box<dyn Store>,
     ) -> Result<Self, ServerError> {
-        let mut node = Node::new(cfg.name.clone(), cfg.limits);
+        let mut node = Node::new(cfg.name.clone(), cfg.limits, cfg.rate_limit);
         let stored = store.load_all()?;
         node.recover(&stored);
         info!(
@@ -658,10 +661,10 @@ impl<'a> Runtime<'a> {
                 PeerReply::Ready(handled.reply)
             }
             other => {
-                let e = ChatError::UnknownService(format!(
-                    "{} (the peer socket takes server-to-server requests and reads; writes go through the broker)",
-                    other.service()
-                ));
+                let e = ChatError::NotOffered {
+                    service: other.service().as_str().to_string(),
+                    reason: "the peer socket takes server-to-server requests and reads; writes go through the broker",
+                };
                 done(self, Reply::Error((&e).into()))
             }
         }

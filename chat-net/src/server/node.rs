@@ -2,6 +2,7 @@
 //! of the current loop iteration waiting for their commit.
 
 use chat_core::protocol::RequestFailure;
+use chat_core::ratelimit::{write_key, RateLimit, RateLimiter};
 use chat_core::{
     ChatError, ChatState, Event, EventId, EventKind, HistoryTarget, LamportClock, Limits, Meta,
     Reply, ReplyEnvelope, Request, RequestEnvelope, Timestamp,
@@ -29,11 +30,13 @@ pub struct Node {
     limits: Limits,
     pending: Vec<Event>,
     local: Vec<Event>,
+    /// Per-user token buckets charged by client writes (flood protection).
+    limiter: RateLimiter,
 }
 
 impl Node {
-    /// A node with empty state.
-    pub fn new(name: impl Into<String>, limits: Limits) -> Node {
+    /// A node with empty state; client writes are limited per user by `rate_limit`.
+    pub fn new(name: impl Into<String>, limits: Limits, rate_limit: RateLimit) -> Node {
         Node {
             name: name.into(),
             state: ChatState::new(),
@@ -42,6 +45,7 @@ impl Node {
             limits,
             pending: Vec::new(),
             local: Vec::new(),
+            limiter: RateLimiter::new(rate_limit),
         }
     }
 
@@ -141,6 +145,9 @@ impl Node {
                     return Ok((Reply::Done, hold));
                 }
             }
+            // Charged after the retry check (a retry costs nothing) and before validation
+            // (refused writes cost a token too).
+            self.limiter.check(write_key(&kind), now.millis())?;
             self.state.validate(&kind, &self.limits)?;
             let seq = self.next_seq;
             let event = Event {
@@ -183,10 +190,10 @@ impl Node {
                 Reply::Done
             }
             other => {
-                return Err(ChatError::UnknownService(format!(
-                    "{} (not offered by chat servers through the broker)",
-                    other.service().as_str()
-                )))
+                return Err(ChatError::NotOffered {
+                    service: other.service().as_str().to_string(),
+                    reason: "chat servers answer chat services; ranks and lists are the reference's, the rest is server-to-server",
+                })
             }
         };
         Ok((reply, None))
