@@ -548,8 +548,10 @@ fn a_flood_of_writes_from_one_user_is_rate_limited_while_others_still_write() {
     client.login("calm").expect("login calm");
     client.create_channel("geral").expect("create geral");
 
-    // 400 publishes sent at once from one DEALER, then every reply collected.
-    const N: usize = 400;
+    // 200 publishes sent at once from one DEALER (fewer than a server's capacity of 256
+    // in-flight requests, so none waits in the broker's queue however slow the machine),
+    // then every reply collected.
+    const N: usize = 200;
     let ctx = zmq::Context::new();
     let dealer = dealer_socket(&ctx, &cluster.frontend);
     for i in 0..N {
@@ -585,7 +587,8 @@ fn a_flood_of_writes_from_one_user_is_rate_limited_while_others_still_write() {
     let limited = codes.get("rate_limited").copied().unwrap_or(0);
     let ok = codes.get("OK").copied().unwrap_or(0);
     assert_eq!(ok + limited, N, "only OK or rate_limited: {codes:?}");
-    assert!(ok >= 100, "the burst goes through: {codes:?}");
+    // The burst of 100, less the token the flooder's login took.
+    assert!(ok >= 99, "the burst goes through: {codes:?}");
     assert!(limited > 0, "the flood is limited: {codes:?}");
 
     // Another user writes at once, the flooder's bucket being empty or not.

@@ -287,7 +287,12 @@ impl<'a> Runtime<'a> {
         let subscriber = sockets::socket(ctx, zmq::SUB, sockets::PUB_HWM)?;
         subscriber.set_maxmsgsize(sockets::MAX_MSG_SIZE)?;
         subscriber.connect(&cfg.subscribe)?;
-        subscriber.set_subscribe(TOPIC_REPLICATION.as_bytes())?;
+        if cfg.reference.is_none() {
+            // No reference, no peers: replicate seed-style, best effort, over the topic.
+            // With peers, `replicate` pushes and `sync` pulls carry every event (lossless),
+            // and decoding every event a second time from the topic would only cost CPU.
+            subscriber.set_subscribe(TOPIC_REPLICATION.as_bytes())?;
+        }
         subscriber.set_subscribe(TOPIC_SERVERS.as_bytes())?;
         let peer_router = sockets::socket(ctx, zmq::ROUTER, sockets::REQUEST_HWM)?;
         peer_router.set_maxmsgsize(sockets::MAX_MSG_SIZE * 4)?;
@@ -1027,11 +1032,19 @@ impl<'a> Runtime<'a> {
     // ----- commit, then send --------------------------------------------------------
 
     fn commit_and_send(&mut self, now: Instant) -> Result<(), ServerError> {
+        // Commit first, push after. (Pushing before our own fsync would overlap the two
+        // disks, but a crash in between could leave a peer holding an event this server then
+        // forgets, and reuses its sequence number for another write if it restarts with no
+        // peer reachable: replicas would diverge. Correct first.)
         if !self.node.pending().is_empty() {
             self.store.append(self.node.pending())?;
         }
-        let local = self.node.committed();
+        for e in self.node.local() {
+            self.outbox.insert(e.id.seq, e.clone());
+        }
         self.repl.committed(self.node.own_max_seq());
+        self.push_to_peers(now)?;
+        let local = self.node.committed();
         for event in &local {
             if let Some(p) = event.publication() {
                 match encode_publication(&p, self.cfg.encoding) {
@@ -1053,10 +1066,6 @@ impl<'a> Runtime<'a> {
             }
             debug!(server = %self.cfg.name, event = %event.id, op = event.kind.operation(), "write committed");
         }
-        for e in local {
-            self.outbox.insert(e.id.seq, e);
-        }
-        self.push_to_peers(now)?;
         self.release_held(now);
         for (token, bytes) in std::mem::take(&mut self.replies) {
             let token = backend::token_bytes(token);

@@ -215,6 +215,11 @@ impl Node {
         true
     }
 
+    /// This server's own events of the current batch (not yet committed).
+    pub fn local(&self) -> &[Event] {
+        &self.local
+    }
+
     /// Events waiting to be committed to the store.
     pub fn pending(&self) -> &[Event] {
         &self.pending
