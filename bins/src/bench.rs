@@ -298,6 +298,10 @@ pub struct BenchArgs {
     /// servers' own default is 1000/s, bursts of 2000).
     #[arg(long, default_value_t = 0)]
     pub rate_limit: u32,
+    /// Other servers that must hold a write before its client hears OK (the servers'
+    /// `--ack-replicas`; 0 measures local-only acknowledgements).
+    #[arg(long, default_value_t = chat_sync::DEFAULT_ACK_REPLICAS)]
+    pub ack_replicas: usize,
     /// Broker frontend of a running cluster to load instead of starting one (with --sub).
     #[arg(long, requires = "sub")]
     pub broker: Option<String>,
@@ -398,6 +402,8 @@ pub struct RunConfig {
     pub store: Option<String>,
     /// Per-user write limit of the in-process servers (0: off).
     pub rate_limit: u32,
+    /// Peer acknowledgements required per write by the in-process servers.
+    pub ack_replicas: usize,
     /// Client threads.
     pub clients: usize,
     /// Subscribers.
@@ -559,8 +565,9 @@ impl BenchReport {
         let mut out = String::new();
         let target = match &c.store {
             Some(store) => format!(
-                "in-process cluster, {} servers, {store} store, per-user rate limit {}",
+                "in-process cluster, {} servers, {store} store, ack replicas {}, per-user rate limit {}",
                 c.servers,
+                c.ack_replicas,
                 match c.rate_limit {
                     0 => "off".to_string(),
                     n => format!("{n}/s"),
@@ -790,6 +797,7 @@ pub fn run(args: &BenchArgs, stop: &Shutdown) -> anyhow::Result<BenchReport> {
             servers: args.servers,
             store: external.is_none().then(|| args.store.as_str().to_string()),
             rate_limit: args.rate_limit,
+            ack_replicas: args.ack_replicas,
             clients: args.clients,
             subscribers: args.subscribers,
             size: args.size,
@@ -1324,6 +1332,10 @@ impl Cluster {
                 rate_limit: match args.rate_limit {
                     0 => RateLimit::disabled(),
                     n => RateLimit::new(n, n.saturating_mul(2)),
+                },
+                replication: chat_sync::ReplicationConfig {
+                    ack_replicas: args.ack_replicas,
+                    ..chat_sync::ReplicationConfig::default()
                 },
                 ..ServerConfig::new(name.clone())
             };
