@@ -39,6 +39,22 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code this version knows (all but `Other`).
+    pub const KNOWN: [ErrorCode; 12] = [
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownService,
+        ErrorCode::UnknownChannel,
+        ErrorCode::UnknownUser,
+        ErrorCode::TooLarge,
+        ErrorCode::InvalidName,
+        ErrorCode::ReservedName,
+        ErrorCode::AlreadyExists,
+        ErrorCode::Unavailable,
+        ErrorCode::RateLimited,
+        ErrorCode::Timeout,
+        ErrorCode::Internal,
+    ];
+
     /// The wire form of the code.
     pub fn as_str(&self) -> &str {
         match self {
@@ -60,21 +76,10 @@ impl ErrorCode {
 
     /// Reads a wire code; unknown codes are kept as `Other`.
     pub fn parse(s: &str) -> ErrorCode {
-        match s {
-            "bad_request" => ErrorCode::BadRequest,
-            "unknown_service" => ErrorCode::UnknownService,
-            "unknown_channel" => ErrorCode::UnknownChannel,
-            "unknown_user" => ErrorCode::UnknownUser,
-            "too_large" => ErrorCode::TooLarge,
-            "invalid_name" => ErrorCode::InvalidName,
-            "reserved_name" => ErrorCode::ReservedName,
-            "already_exists" => ErrorCode::AlreadyExists,
-            "unavailable" => ErrorCode::Unavailable,
-            "rate_limited" => ErrorCode::RateLimited,
-            "timeout" => ErrorCode::Timeout,
-            "internal" => ErrorCode::Internal,
-            other => ErrorCode::Other(other.to_string()),
-        }
+        ErrorCode::KNOWN
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .unwrap_or_else(|| ErrorCode::Other(s.to_string()))
     }
 }
 

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// How long any test waits for a condition before failing.
+#[allow(unused_imports)]
+pub use chat_testkit::{ask, history_at, status_at, wait_for};
+
+/// How long any process test waits for a condition before failing.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
 /// A child process that is killed (SIGKILL, by its PID) when dropped.
@@ -241,83 +244,7 @@ impl ProcCluster {
     }
 }
 
-/// Waits until `f` returns `Some`, polling every 20 ms, for at most `deadline`.
-pub fn wait_for<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Whether a path exists (for data-directory checks).
 pub fn exists(p: &Path) -> bool {
     p.exists()
-}
-
-/// Sends one request to `endpoint` (a server's peer socket, or the reference) over a
-/// fresh REQ socket; `None` if no reply within a second.
-pub fn ask(endpoint: &str, request: chat_core::Request) -> Option<chat_core::ReplyEnvelope> {
-    let ctx = zmq::Context::new();
-    let s = ctx.socket(zmq::REQ).ok()?;
-    s.set_linger(0).ok()?;
-    s.connect(endpoint).ok()?;
-    let env = chat_core::RequestEnvelope {
-        request,
-        meta: chat_core::Meta::default(),
-    };
-    let bytes = chat_core::protocol::encode_request(&env, chat_core::Encoding::MsgPack).ok()?;
-    s.send(bytes, 0).ok()?;
-    if s.poll(zmq::POLLIN, 1000).ok()? == 0 {
-        return None;
-    }
-    let reply = s.recv_bytes(0).ok()?;
-    chat_core::protocol::decode_reply(&reply)
-        .ok()
-        .map(|(r, _)| r)
-}
-
-/// The status of the server whose peer socket is `endpoint`.
-pub fn status_at(endpoint: &str) -> Option<chat_core::ServerStatus> {
-    match ask(endpoint, chat_core::Request::Status)?.reply {
-        chat_core::Reply::Status(s) => Some(*s),
-        _ => None,
-    }
-}
-
-/// The full history of `channel` as stored by the server at `endpoint` (all pages).
-pub fn history_at(endpoint: &str, channel: &str) -> Option<Vec<chat_core::ChannelPost>> {
-    let mut out = Vec::new();
-    let mut before = None;
-    for _ in 0..10_000 {
-        let req = chat_core::Request::History {
-            target: chat_core::HistoryTarget::Channel(channel.to_string()),
-            before: before.clone(),
-            limit: 1000,
-        };
-        let page = match ask(endpoint, req)?.reply {
-            chat_core::Reply::History(p) => p,
-            _ => return None,
-        };
-        let mut items: Vec<chat_core::ChannelPost> = page
-            .items
-            .into_iter()
-            .filter_map(|p| match p {
-                chat_core::Publication::Channel(c) => Some(c),
-                chat_core::Publication::Direct(_) => None,
-            })
-            .collect();
-        items.append(&mut out);
-        out = items;
-        match page.next {
-            Some(n) => before = Some(n),
-            None => return Some(out),
-        }
-    }
-    None
 }

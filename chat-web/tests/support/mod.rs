@@ -1,6 +1,6 @@
-//! Shared scaffolding for chat-web tests: a whole cluster in one process (proxy, broker,
-//! reference, servers with in-memory stores) on loopback ports chosen by the OS, chat-web
-//! on its own thread, and a minimal HTTP/1.1 client. Everything stops on drop.
+//! Scaffolding for chat-web tests: the shared in-process cluster of `chat-testkit` (with a
+//! reference and in-memory servers), chat-web on its own thread, and a minimal HTTP/1.1
+//! client. Everything stops on drop.
 
 #![allow(dead_code)]
 
@@ -11,157 +11,49 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use chat_net::broker::{run_broker, BrokerConfig};
-use chat_net::client::{Client, ClientConfig};
-use chat_net::proxy::{run_proxy, ProxyConfig};
-use chat_net::reference::{run_reference, ReferenceConfig};
-use chat_net::server::{run_server, ServerConfig};
+use chat_net::client::Client;
 use chat_net::Shutdown;
-use chat_store::MemoryStore;
 use chat_web::{run_web_with, WebConfig, WebLimits};
 
 /// How long any test waits for a condition before failing.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// Waits until `f` returns `Some`, polling every 50 ms, for at most `deadline`.
-pub fn wait_for<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+pub use chat_testkit::wait_for;
+
+/// The shared in-process cluster (`chat-testkit`) with a reference and in-memory servers,
+/// plus chat-web's configuration for it.
+pub struct TestCluster(chat_testkit::TestCluster);
+
+impl std::ops::Deref for TestCluster {
+    type Target = chat_testkit::TestCluster;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
-struct Running {
-    shutdown: Shutdown,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Running {
-    fn stop(&mut self) {
-        self.shutdown.trigger();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+impl std::ops::DerefMut for TestCluster {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
     }
-}
-
-/// Proxy, broker, reference and servers running on threads.
-pub struct TestCluster {
-    pub ctx: zmq::Context,
-    pub frontend: String,
-    pub backend: String,
-    pub xsub: String,
-    pub xpub: String,
-    pub reference: String,
-    infra: Shutdown,
-    infra_threads: Vec<JoinHandle<()>>,
-    servers: Vec<Running>,
 }
 
 impl TestCluster {
     /// Starts proxy, broker and reference, then `n` servers with in-memory stores, and waits
     /// until the cluster answers requests.
     pub fn start(n: usize) -> TestCluster {
-        let ctx = zmq::Context::new();
-        let infra = Shutdown::new();
-        let (ptx, prx) = crossbeam_channel::bounded(1);
-        let (btx, brx) = crossbeam_channel::bounded(1);
-        let (rtx, rrx) = crossbeam_channel::bounded(1);
-        let mut infra_threads = Vec::new();
-        {
-            let (ctx, sd) = (ctx.clone(), infra.clone());
-            infra_threads.push(std::thread::spawn(move || {
-                let cfg = ProxyConfig {
-                    xsub: "tcp://127.0.0.1:*".into(),
-                    xpub: "tcp://127.0.0.1:*".into(),
-                };
-                run_proxy(&ctx, &cfg, &sd, Some(ptx)).expect("proxy");
-            }));
-        }
-        {
-            let (ctx, sd) = (ctx.clone(), infra.clone());
-            infra_threads.push(std::thread::spawn(move || {
-                let cfg = BrokerConfig {
-                    frontend: "tcp://127.0.0.1:*".into(),
-                    backend: "tcp://127.0.0.1:*".into(),
-                    ..BrokerConfig::default()
-                };
-                run_broker(&ctx, &cfg, &sd, Some(btx)).expect("broker");
-            }));
-        }
-        {
-            let (ctx, sd) = (ctx.clone(), infra.clone());
-            infra_threads.push(std::thread::spawn(move || {
-                let cfg = ReferenceConfig {
-                    bind: "tcp://127.0.0.1:*".into(),
-                    ..ReferenceConfig::default()
-                };
-                run_reference(&ctx, &cfg, &sd, Some(rtx)).expect("reference");
-            }));
-        }
-        let (xsub, xpub) = prx.recv_timeout(DEADLINE).expect("proxy endpoints");
-        let (frontend, backend) = brx.recv_timeout(DEADLINE).expect("broker endpoints");
-        let reference = rrx.recv_timeout(DEADLINE).expect("reference endpoint");
-        let mut cluster = TestCluster {
-            ctx,
-            frontend,
-            backend,
-            xsub,
-            xpub,
-            reference,
-            infra,
-            infra_threads,
-            servers: Vec::new(),
-        };
+        let mut cluster = chat_testkit::TestCluster::start_with(0, true);
         for i in 1..=n {
-            cluster.start_server(&format!("server-{i}"));
+            cluster.start_memory_server(&format!("server-{i}"));
         }
         let client = cluster.client();
         let up = wait_for(DEADLINE, || client.status().ok());
         assert!(up.is_some(), "the test cluster never answered `status`");
-        cluster
+        TestCluster(cluster)
     }
 
     /// Starts server `name` with an in-memory store.
     pub fn start_server(&mut self, name: &str) {
-        let cfg = ServerConfig {
-            broker: self.backend.clone(),
-            publish: self.xsub.clone(),
-            subscribe: self.xpub.clone(),
-            reference: Some(self.reference.clone()),
-            ..ServerConfig::new(name)
-        };
-        let shutdown = Shutdown::new();
-        let (ctx, sd) = (self.ctx.clone(), shutdown.clone());
-        let thread = std::thread::spawn(move || {
-            run_server(&ctx, &cfg, Box::new(MemoryStore::default()), &sd).expect("server");
-        });
-        self.servers.push(Running {
-            shutdown,
-            thread: Some(thread),
-        });
-    }
-
-    /// A client configuration pointing at this cluster.
-    pub fn client_config(&self) -> ClientConfig {
-        ClientConfig {
-            broker: self.frontend.clone(),
-            sub: self.xpub.clone(),
-            timeout: Duration::from_secs(3),
-            attempts: 3,
-            ..ClientConfig::default()
-        }
-    }
-
-    /// A connected SDK client.
-    pub fn client(&self) -> Client {
-        Client::connect(self.client_config()).expect("client")
+        self.0.start_memory_server(name);
     }
 
     /// chat-web's configuration for this cluster, on an OS-chosen port.
@@ -170,18 +62,6 @@ impl TestCluster {
             listen: "127.0.0.1:0".into(),
             broker: self.frontend.clone(),
             sub: self.xpub.clone(),
-        }
-    }
-}
-
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        for s in &mut self.servers {
-            s.stop();
-        }
-        self.infra.trigger();
-        for t in self.infra_threads.drain(..) {
-            let _ = t.join();
         }
     }
 }
