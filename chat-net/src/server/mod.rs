@@ -632,9 +632,16 @@ impl<'a> Runtime<'a> {
                 done(self, Reply::Done)
             }
             Request::Replicate { from, events } => {
-                if self.peers.contains(&from) {
-                    self.fd.heard(now, &from);
+                if !self.peers.contains(&from) {
+                    // Only servers the reference lists may write into our state (the sender
+                    // retries after its ack timeout, by when our list knows a new peer).
+                    let e = ChatError::NotOffered {
+                        service: service.as_str().to_string(),
+                        reason: "the sender is not a server this one knows from the reference",
+                    };
+                    return done(self, Reply::Error((&e).into()));
                 }
+                self.fd.heard(now, &from);
                 for e in events {
                     self.node.handle_replicated(e);
                 }
