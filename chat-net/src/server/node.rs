@@ -9,6 +9,31 @@ use chat_core::{
 };
 use tracing::{debug, warn};
 
+/// Most bytes of names in a `users` or `channels` reply, so the reply stays well under the
+/// 1 MiB frame limit however many names exist (the list is cut, in name order, beyond).
+pub const MAX_LIST_BYTES: usize = 512 * 1024;
+
+/// The names that fit in [`MAX_LIST_BYTES`].
+fn capped(mut names: Vec<String>) -> Vec<String> {
+    let mut bytes = 0;
+    let keep = names
+        .iter()
+        .take_while(|n| {
+            bytes += n.len() + 2;
+            bytes <= MAX_LIST_BYTES
+        })
+        .count();
+    if keep < names.len() {
+        warn!(
+            total = names.len(),
+            listed = keep,
+            "name list cut to fit one reply"
+        );
+        names.truncate(keep);
+    }
+    names
+}
+
 /// What handling one client request produced.
 #[derive(Debug)]
 pub struct Handled {
@@ -167,8 +192,8 @@ impl Node {
             return Ok((Reply::Done, Some(seq)));
         }
         let reply = match request {
-            Request::Users => Reply::Users(self.state.users()),
-            Request::Channels => Reply::Channels(self.state.channels()),
+            Request::Users => Reply::Users(capped(self.state.users())),
+            Request::Channels => Reply::Channels(capped(self.state.channels())),
             Request::History {
                 target,
                 before,
@@ -230,5 +255,21 @@ impl Node {
     pub fn committed(&mut self) -> Vec<Event> {
         self.pending.clear();
         std::mem::take(&mut self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_name_lists_are_cut_to_fit_a_reply() {
+        let names: Vec<String> = (0..100_000).map(|i| format!("user-{i:08}")).collect();
+        let cut = capped(names.clone());
+        assert!(cut.len() < names.len());
+        assert!(cut.iter().map(|n| n.len() + 2).sum::<usize>() <= MAX_LIST_BYTES);
+        assert_eq!(cut[..], names[..cut.len()]);
+        let few: Vec<String> = vec!["ana".into(), "bia".into()];
+        assert_eq!(capped(few.clone()), few);
     }
 }
