@@ -736,7 +736,8 @@ impl<'a> Runtime<'a> {
             .filter(|s| s.name != self.cfg.name)
             .filter_map(|s| s.endpoint.clone().map(|e| (s.name.clone(), s.rank, e)))
             .collect();
-        if self.peers.update(&self.ctx, &peers, true) {
+        let still_alive = self.alive(now);
+        if self.peers.update(&self.ctx, &peers, &still_alive) {
             let names = self.peers.names();
             info!(server = %self.cfg.name, peers = ?names, "peers");
             self.fd.set_peers(now, names.iter().map(String::as_str));
@@ -750,7 +751,11 @@ impl<'a> Runtime<'a> {
                 info!(server = %self.cfg.name, "first server of the cluster: nothing to catch up");
             }
         }
-        let ranked: Vec<(String, u64)> = peers.iter().map(|(n, r, _)| (n.clone(), *r)).collect();
+        let ranked: Vec<(String, u64)> = self
+            .peers
+            .links()
+            .map(|l| (l.name.clone(), l.rank))
+            .collect();
         if let Some(b) = self.bully.as_mut() {
             b.set_peers(now, &ranked);
             if !self.bully_started && self.bully_start_by.is_none() {

@@ -81,13 +81,13 @@ impl Peers {
     }
 
     /// Sets the peers from the reference's list (without ourselves). Links whose endpoint
-    /// changed are reopened; peers no longer listed are kept (the reference may be wrong
-    /// about a live peer for a moment), unless `prune` is set.
+    /// changed are reopened; peers no longer listed are closed unless named in `keep` (peers
+    /// still answering us: a reference that just restarted lists servers as they come back).
     pub fn update(
         &mut self,
         ctx: &zmq::Context,
         peers: &[(String, u64, String)],
-        prune: bool,
+        keep: &[String],
     ) -> bool {
         let mut changed = false;
         for (name, rank, endpoint) in peers {
@@ -120,12 +120,10 @@ impl Peers {
                 Err(e) => warn!(peer = %name, %endpoint, error = %e, "cannot connect to peer"),
             }
         }
-        if prune {
-            let before = self.links.len();
-            self.links
-                .retain(|n, _| peers.iter().any(|(p, _, _)| p == n));
-            changed |= before != self.links.len();
-        }
+        let before = self.links.len();
+        self.links
+            .retain(|n, _| peers.iter().any(|(p, _, _)| p == n) || keep.contains(n));
+        changed |= before != self.links.len();
         changed
     }
 
