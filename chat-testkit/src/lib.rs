@@ -8,7 +8,7 @@
 //! - [`ask`], [`status_at`], [`history_at`]: read one server directly through its peer
 //!   socket (the broker would pick a server for us).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -253,11 +253,6 @@ pub fn next_event(client: &Client) -> Option<ClientEvent> {
         }
     }
     None
-}
-
-/// Removes a directory tree if it exists.
-pub fn remove_dir(p: &Path) {
-    let _ = std::fs::remove_dir_all(p);
 }
 
 /// Sends one request to `endpoint` (a server's peer socket, or the reference) over a

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -242,9 +242,4 @@ impl ProcCluster {
             ..chat_net::client::ClientConfig::default()
         }
     }
-}
-
-/// Whether a path exists (for data-directory checks).
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }

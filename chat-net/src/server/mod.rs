@@ -182,8 +182,7 @@ enum PeerReply {
 /// The endpoint the peer socket is reachable at, once bound.
 pub type PeerEndpoint = String;
 
-/// Runs a server until `shutdown` is raised. Rebuilds state from `store` first. If
-/// `bound` is given, the peer endpoint actually bound is sent on it.
+/// Runs a server until `shutdown` is raised. Rebuilds state from `store` first.
 pub fn run_server(
     ctx: &zmq::Context,
     cfg: &ServerConfig,
