@@ -692,19 +692,13 @@ impl ChatState {
                     }
                     return Err(ChatError::UnknownChannel(c.clone()));
                 };
-                let mut it = match &before {
+                let it = match &before {
                     Some(b) => {
                         Box::new(log.range(..b.clone()).rev()) as Box<dyn Iterator<Item = _>>
                     }
                     None => Box::new(log.iter().rev()),
                 };
-                let mut budget = PageBudget::new(limit);
-                let page: Vec<_> = it
-                    .by_ref()
-                    .take_while(|(_, p)| budget.admit(p.message.len()))
-                    .map(|(s, p)| (s.clone(), Publication::Channel(p.clone())))
-                    .collect();
-                (page, budget.refused || it.next().is_some())
+                newest_first(it.map(|(s, p)| (s, Publication::Channel(p.clone()))), limit)
             }
             HistoryTarget::User(u) => {
                 let Some(index) = self.direct_index.get(u) else {
@@ -713,25 +707,18 @@ impl ChatState {
                     }
                     return Err(ChatError::UnknownUser(u.clone()));
                 };
-                let mut it = match &before {
+                let it = match &before {
                     Some(b) => {
                         Box::new(index.range(..b.clone()).rev()) as Box<dyn Iterator<Item = _>>
                     }
                     None => Box::new(index.iter().rev()),
                 };
-                let mut budget = PageBudget::new(limit);
-                let page: Vec<_> = it
-                    .by_ref()
-                    .take_while(|s| {
-                        budget.admit(self.directs.get(*s).map_or(0, |p| p.message.len()))
-                    })
-                    .filter_map(|s| {
-                        self.directs
-                            .get(s)
-                            .map(|p| (s.clone(), Publication::Direct(p.clone())))
-                    })
-                    .collect();
-                (page, budget.refused || it.next().is_some())
+                let it = it.filter_map(|s| {
+                    self.directs
+                        .get(s)
+                        .map(|p| (s, Publication::Direct(p.clone())))
+                });
+                newest_first(it, limit)
             }
         };
         items.reverse();
@@ -785,6 +772,21 @@ fn content_hash(stamp: &Stamp, kind: &EventKind, timestamp: Timestamp) -> u64 {
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
     x
+}
+
+/// Takes history items, newest first, while they fit a page; returns them and whether
+/// older items remain.
+fn newest_first<'a>(
+    mut items: impl Iterator<Item = (&'a Stamp, Publication)>,
+    limit: usize,
+) -> (Vec<(Stamp, Publication)>, bool) {
+    let mut budget = PageBudget::new(limit);
+    let page: Vec<_> = items
+        .by_ref()
+        .take_while(|(_, p)| budget.admit(p.message().len()))
+        .map(|(s, p)| (s.clone(), p))
+        .collect();
+    (page, budget.refused || items.next().is_some())
 }
 
 /// Most message bytes in one history page, so a reply stays well under the 1 MiB frame limit.

@@ -463,6 +463,14 @@ impl Publication {
         }
     }
 
+    /// The message body.
+    pub fn message(&self) -> &str {
+        match self {
+            Publication::Channel(p) => &p.message,
+            Publication::Direct(p) => &p.message,
+        }
+    }
+
     /// Lamport stamp.
     pub fn clock(&self) -> u64 {
         match self {
