@@ -2,10 +2,12 @@
 //!
 //! # Layout
 //! - [`backend`]: the frame protocol between the broker and servers (READY/HB/REQ/REP/BYE).
-//! - [`broker`]: the reliable request broker (ROUTER/ROUTER, heartbeats, re-dispatch).
+//! - [`broker`]: the reliable request broker (ROUTER/ROUTER, heartbeats, re-dispatch,
+//!   session affinity).
 //! - [`proxy`]: the XSUB/XPUB forwarder for publications.
 //! - [`reference`](mod@reference): the reference service (ranks, live-server list, heartbeats).
-//! - [`server`]: the server runtime: one `zmq::poll` loop driving `chat-core` and a store.
+//! - [`server`]: the server runtime: one `zmq::poll` loop driving `chat-core`, the store,
+//!   the peer links and the `chat-sync` machines (election, clock sync, replication).
 //! - [`client`]: the client SDK: typed requests with Lazy Pirate retries, exact-topic
 //!   subscriptions delivered over a `crossbeam-channel`.
 //! - [`sockets`]: socket options applied everywhere (linger, high-water marks).
