@@ -3,6 +3,7 @@
 //!
 //! Every wait has a deadline; nothing synchronises by sleeping.
 
+use chat_testkit::Running;
 use std::io::Write;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,9 +33,7 @@ struct Harness {
     ctx: zmq::Context,
     front: String,
     back: String,
-    shutdown: Shutdown,
-    done: Receiver<zmq::Result<BrokerStats>>,
-    thread: Option<JoinHandle<()>>,
+    running: Running<zmq::Result<BrokerStats>>,
 }
 
 impl Harness {
@@ -47,33 +46,18 @@ impl Harness {
             !front.ends_with(":*") && !back.ends_with(":*"),
             "{front} {back}"
         );
-        let shutdown = Shutdown::new();
-        let (tx, done) = crossbeam_channel::bounded(1);
-        let flag = shutdown.clone();
-        let thread = std::thread::spawn(move || {
-            let _ = tx.send(broker.run(&flag));
-        });
+        let running = Running::spawn(move |flag| broker.run(flag));
         Harness {
             ctx,
             front,
             back,
-            shutdown,
-            done,
-            thread: Some(thread),
+            running,
         }
     }
 
     /// Stops the broker and returns its counters.
-    fn stop(mut self) -> BrokerStats {
-        self.shutdown.trigger();
-        let result = self
-            .done
-            .recv_timeout(SOON)
-            .expect("broker did not stop in time");
-        if let Some(t) = self.thread.take() {
-            t.join().expect("broker thread panicked");
-        }
-        result.expect("broker returned an error")
+    fn stop(self) -> BrokerStats {
+        self.running.stop(SOON).expect("broker returned an error")
     }
 
     fn req_client(&self) -> zmq::Socket {
@@ -88,17 +72,6 @@ impl Harness {
         s.set_linger(0).unwrap();
         s.connect(&self.front).unwrap();
         s
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        // Also on a failed assertion: stop the broker thread before the context goes.
-        self.shutdown.trigger();
-        if let Some(t) = self.thread.take() {
-            let _ = self.done.recv_timeout(SOON);
-            let _ = t.join();
-        }
     }
 }
 

@@ -3,13 +3,11 @@
 //! Every wait has a deadline; subscription liveness is established by publishing probes
 //! until one arrives, never by sleeping.
 
+use chat_testkit::Running;
 use std::io::Write;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chat_net::proxy::{run_proxy, ProxyConfig};
-use chat_net::Shutdown;
-use crossbeam_channel::Receiver;
 
 const SOON: Duration = Duration::from_secs(5);
 
@@ -18,9 +16,7 @@ struct Harness {
     ctx: zmq::Context,
     xsub: String,
     xpub: String,
-    shutdown: Shutdown,
-    done: Receiver<zmq::Result<()>>,
-    thread: Option<JoinHandle<()>>,
+    running: Running<zmq::Result<()>>,
 }
 
 impl Harness {
@@ -30,16 +26,13 @@ impl Harness {
             xsub: "tcp://127.0.0.1:*".to_string(),
             xpub: "tcp://127.0.0.1:*".to_string(),
         };
-        let shutdown = Shutdown::new();
         let (bound_tx, bound_rx) = crossbeam_channel::bounded(1);
-        let (done_tx, done) = crossbeam_channel::bounded(1);
-        let (thread_ctx, flag) = (ctx.clone(), shutdown.clone());
-        let thread = std::thread::spawn(move || {
-            let _ = done_tx.send(run_proxy(&thread_ctx, &cfg, &flag, Some(bound_tx)));
-        });
+        let thread_ctx = ctx.clone();
+        let running =
+            Running::spawn(move |flag| run_proxy(&thread_ctx, &cfg, flag, Some(bound_tx)));
         let (xsub, xpub) = match bound_rx.recv_timeout(SOON) {
             Ok(eps) => eps,
-            Err(_) => panic!("proxy never bound: {:?}", done.try_recv()),
+            Err(_) => panic!("proxy never bound: {:?}", running.try_result()),
         };
         assert!(
             !xsub.ends_with(":*") && !xpub.ends_with(":*"),
@@ -49,22 +42,12 @@ impl Harness {
             ctx,
             xsub,
             xpub,
-            shutdown,
-            done,
-            thread: Some(thread),
+            running,
         }
     }
 
-    fn stop(mut self) {
-        self.shutdown.trigger();
-        let result = self
-            .done
-            .recv_timeout(SOON)
-            .expect("proxy did not stop in time");
-        if let Some(t) = self.thread.take() {
-            t.join().expect("proxy thread panicked");
-        }
-        result.expect("proxy returned an error");
+    fn stop(self) {
+        self.running.stop(SOON).expect("proxy returned an error");
     }
 
     fn publisher(&self) -> zmq::Socket {
@@ -82,16 +65,6 @@ impl Harness {
         }
         s.connect(&self.xpub).unwrap();
         s
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
-        if let Some(t) = self.thread.take() {
-            let _ = self.done.recv_timeout(SOON);
-            let _ = t.join();
-        }
     }
 }
 

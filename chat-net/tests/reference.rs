@@ -4,12 +4,11 @@
 //!
 //! Every wait has a deadline; nothing synchronises by sleeping.
 
-use std::thread::JoinHandle;
+use chat_testkit::Running;
 use std::time::{Duration, Instant};
 
 use chat_net::reference::{run_reference, Reference, ReferenceConfig, ReferenceStats};
 use chat_net::Shutdown;
-use crossbeam_channel::Receiver;
 use serde_json::{json, Value};
 
 /// Generous bound for anything that should happen "soon".
@@ -27,9 +26,7 @@ fn test_config(timeout: Duration) -> ReferenceConfig {
 struct Harness {
     ctx: zmq::Context,
     endpoint: String,
-    shutdown: Shutdown,
-    done: Receiver<zmq::Result<ReferenceStats>>,
-    thread: Option<JoinHandle<()>>,
+    running: Running<zmq::Result<ReferenceStats>>,
 }
 
 impl Harness {
@@ -52,32 +49,19 @@ impl Harness {
         };
         let endpoint = reference.endpoint().to_string();
         assert!(!endpoint.ends_with(":*"), "{endpoint}");
-        let shutdown = Shutdown::new();
-        let (tx, done) = crossbeam_channel::bounded(1);
-        let flag = shutdown.clone();
-        let thread = std::thread::spawn(move || {
-            let _ = tx.send(reference.run(&flag));
-        });
+        let running = Running::spawn(move |flag| reference.run(flag));
         Harness {
             ctx,
             endpoint,
-            shutdown,
-            done,
-            thread: Some(thread),
+            running,
         }
     }
 
     /// Stops the reference and returns its counters.
-    fn stop(mut self) -> ReferenceStats {
-        self.shutdown.trigger();
-        let result = self
-            .done
-            .recv_timeout(SOON)
-            .expect("reference did not stop in time");
-        if let Some(t) = self.thread.take() {
-            t.join().expect("reference thread panicked");
-        }
-        result.expect("reference returned an error")
+    fn stop(self) -> ReferenceStats {
+        self.running
+            .stop(SOON)
+            .expect("reference returned an error")
     }
 
     fn socket(&self, kind: zmq::SocketType) -> zmq::Socket {
@@ -89,17 +73,6 @@ impl Harness {
 
     fn req(&self) -> zmq::Socket {
         self.socket(zmq::REQ)
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        // Also on a failed assertion: stop the thread before the context goes.
-        self.shutdown.trigger();
-        if let Some(t) = self.thread.take() {
-            let _ = self.done.recv_timeout(SOON);
-            let _ = t.join();
-        }
     }
 }
 

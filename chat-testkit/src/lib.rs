@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`wait_for`] and [`DEADLINE`]: every wait is a condition polled under a deadline.
+//! - [`Running`]: a component on its own thread, stopped by its [`Shutdown`] flag, with
+//!   its result collected (also on a failed assertion, through `Drop`).
 //! - [`TestCluster`]: proxy, broker, (optionally) reference and servers on threads of the
 //!   test process, on loopback ports chosen by the OS, stopped on drop.
 //! - [`subscribe_live`], [`next_event`]: live subscriptions despite ZeroMQ's slow joiner.
@@ -37,19 +39,63 @@ pub fn wait_for<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Opti
     }
 }
 
-struct RunningServer {
-    name: String,
+/// A component running on its own thread until its [`Shutdown`] flag is raised.
+pub struct Running<T: Send + 'static> {
     shutdown: Shutdown,
+    done: crossbeam_channel::Receiver<T>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl RunningServer {
-    fn stop(&mut self) {
+impl<T: Send + 'static> Running<T> {
+    /// Runs `body` on a new thread with a fresh shutdown flag.
+    pub fn spawn(body: impl FnOnce(&Shutdown) -> T + Send + 'static) -> Running<T> {
+        let shutdown = Shutdown::new();
+        let (tx, done) = crossbeam_channel::bounded(1);
+        let flag = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            let _ = tx.send(body(&flag));
+        });
+        Running {
+            shutdown,
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    /// The result, if the thread has already finished (e.g. it failed to start).
+    pub fn try_result(&self) -> Option<T> {
+        self.done.try_recv().ok()
+    }
+
+    /// Raises the flag and returns the thread's result; panics if it does not stop within
+    /// `within` or if it panicked.
+    pub fn stop(mut self, within: Duration) -> T {
+        self.shutdown.trigger();
+        let result = self
+            .done
+            .recv_timeout(within)
+            .expect("the component did not stop in time");
+        if let Some(t) = self.thread.take() {
+            t.join().expect("the component's thread panicked");
+        }
+        result
+    }
+}
+
+impl<T: Send + 'static> Drop for Running<T> {
+    fn drop(&mut self) {
+        // Also on a failed assertion: stop the thread before its context goes away.
         self.shutdown.trigger();
         if let Some(t) = self.thread.take() {
+            let _ = self.done.recv_timeout(DEADLINE);
             let _ = t.join();
         }
     }
+}
+
+struct RunningServer {
+    name: String,
+    running: Running<()>,
 }
 
 /// Broker, proxy and servers running on threads.
@@ -170,23 +216,19 @@ impl TestCluster {
 
     fn start_server_with(&mut self, name: &str, store: Box<dyn Store>) {
         let cfg = self.server_config(name);
-        let shutdown = Shutdown::new();
-        let (ctx, sd) = (self.ctx.clone(), shutdown.clone());
-        let thread = std::thread::spawn(move || {
-            run_server(&ctx, &cfg, store, &sd).expect("server");
-        });
+        let ctx = self.ctx.clone();
+        let running = Running::spawn(move |sd| run_server(&ctx, &cfg, store, sd).expect("server"));
         self.servers.push(RunningServer {
             name: name.to_string(),
-            shutdown,
-            thread: Some(thread),
+            running,
         });
     }
 
     /// Stops server `name` (cleanly) and waits for it.
     pub fn stop_server(&mut self, name: &str) {
         if let Some(pos) = self.servers.iter().position(|s| s.name == name) {
-            let mut s = self.servers.remove(pos);
-            s.stop();
+            let s = self.servers.remove(pos);
+            s.running.stop(DEADLINE);
         }
     }
 
@@ -209,9 +251,8 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        for s in &mut self.servers {
-            s.stop();
-        }
+        // Servers first (their `Running` stops them on drop), then broker and proxy.
+        self.servers.clear();
         self.infra.trigger();
         for t in self.infra_threads.drain(..) {
             let _ = t.join();
