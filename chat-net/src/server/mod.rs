@@ -1054,7 +1054,9 @@ impl<'a> Runtime<'a> {
             self.outbox.insert(e.id.seq, e.clone());
         }
         self.repl.committed(self.node.own_max_seq());
-        self.push_to_peers(now)?;
+        // Who is alive does not change between the push and the release below.
+        let alive = self.alive(now);
+        self.push_to_peers(now, &alive)?;
         let local = self.node.committed();
         for event in &local {
             if let Some(p) = event.publication() {
@@ -1077,7 +1079,7 @@ impl<'a> Runtime<'a> {
             }
             debug!(server = %self.cfg.name, event = %event.id, op = event.kind.operation(), "write committed");
         }
-        self.release_held(now);
+        self.release_held(&alive);
         for (token, bytes) in std::mem::take(&mut self.replies) {
             let token = backend::token_bytes(token);
             send_to_broker(&self.backend, [backend::REPLY, &token[..], &bytes[..]])?;
@@ -1105,9 +1107,8 @@ impl<'a> Runtime<'a> {
         Ok(())
     }
 
-    fn push_to_peers(&mut self, now: Instant) -> Result<(), ServerError> {
-        let alive = self.alive(now);
-        for send in self.repl.poll_sends(now, &alive) {
+    fn push_to_peers(&mut self, now: Instant, alive: &[String]) -> Result<(), ServerError> {
+        for send in self.repl.poll_sends(now, alive) {
             let mut events: Vec<Event> = self
                 .outbox
                 .range(send.from..=send.to)
@@ -1149,10 +1150,9 @@ impl<'a> Runtime<'a> {
         Ok(())
     }
 
-    fn release_held(&mut self, now: Instant) {
-        let alive = self.alive(now);
+    fn release_held(&mut self, alive: &[String]) {
         let before = self.repl.local_only_acks();
-        for r in self.repl.poll_released(&alive) {
+        for r in self.repl.poll_released(alive) {
             match r {
                 Release::Ack(h) => self.replies.push((h.token, h.bytes)),
                 Release::Refuse(h) => {
