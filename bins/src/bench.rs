@@ -302,6 +302,10 @@ pub struct BenchArgs {
     /// `--ack-replicas`; 0 measures local-only acknowledgements).
     #[arg(long, default_value_t = chat_sync::DEFAULT_ACK_REPLICAS)]
     pub ack_replicas: usize,
+    /// `replicate` messages in flight to each peer (the servers' `--replicate-window`).
+    #[arg(long, default_value_t = chat_sync::DEFAULT_WINDOW,
+          value_parser = crate::daemons::parse_window)]
+    pub replicate_window: usize,
     /// Broker frontend of a running cluster to load instead of starting one (with --sub).
     #[arg(long, requires = "sub")]
     pub broker: Option<String>,
@@ -404,6 +408,8 @@ pub struct RunConfig {
     pub rate_limit: u32,
     /// Peer acknowledgements required per write by the in-process servers.
     pub ack_replicas: usize,
+    /// `replicate` messages in flight per peer in the in-process servers.
+    pub replicate_window: usize,
     /// Client threads.
     pub clients: usize,
     /// Subscribers.
@@ -506,6 +512,9 @@ pub struct ThreadCpu {
     pub seconds: f64,
     /// That over the phase's wall time, in percent of one core.
     pub percent: f64,
+    /// Context switches (voluntary and not) of the group's threads per successful request:
+    /// how often a request wakes or preempts them.
+    pub switches_per_request: f64,
 }
 
 /// What one subscriber received of the measured publications.
@@ -565,9 +574,10 @@ impl BenchReport {
         let mut out = String::new();
         let target = match &c.store {
             Some(store) => format!(
-                "in-process cluster, {} servers, {store} store, ack replicas {}, per-user rate limit {}",
+                "in-process cluster, {} servers, {store} store, ack replicas {}, replicate window {}, per-user rate limit {}",
                 c.servers,
                 c.ack_replicas,
+                c.replicate_window,
                 match c.rate_limit {
                     0 => "off".to_string(),
                     n => format!("{n}/s"),
@@ -637,7 +647,12 @@ impl BenchReport {
                     .threads
                     .iter()
                     .filter(|t| t.percent >= 1.0)
-                    .map(|t| format!("{} {:.0}", t.group, t.percent))
+                    .map(|t| {
+                        format!(
+                            "{} {:.0} ({:.1} sw/req)",
+                            t.group, t.percent, t.switches_per_request
+                        )
+                    })
                     .collect();
                 let window = if cpu.percent > 0.0 {
                     cpu.seconds * 100.0 / cpu.percent
@@ -653,7 +668,7 @@ impl BenchReport {
                 };
                 let _ = writeln!(
                     out,
-                    "  {label:<9} user {:.0} + system {:.0}; by thread: {}",
+                    "  {label:<9} user {:.0} + system {:.0}; by thread (context switches per request): {}",
                     pct(cpu.user_seconds),
                     pct(cpu.system_seconds),
                     groups.join(", ")
@@ -798,6 +813,7 @@ pub fn run(args: &BenchArgs, stop: &Shutdown) -> anyhow::Result<BenchReport> {
             store: external.is_none().then(|| args.store.as_str().to_string()),
             rate_limit: args.rate_limit,
             ack_replicas: args.ack_replicas,
+            replicate_window: args.replicate_window,
             clients: args.clients,
             subscribers: args.subscribers,
             size: args.size,
@@ -866,12 +882,28 @@ pub fn thread_group(name: &str) -> String {
         .to_string()
 }
 
+/// Context switches of a thread so far (voluntary plus involuntary), from its
+/// `/proc/.../status`.
+fn read_switches(path: &std::path::Path) -> Option<u64> {
+    let status = std::fs::read_to_string(path).ok()?;
+    let mut total = 0;
+    for line in status.lines() {
+        if let Some(v) = line
+            .strip_prefix("voluntary_ctxt_switches:")
+            .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+        {
+            total += v.trim().parse::<u64>().ok()?;
+        }
+    }
+    Some(total)
+}
+
 /// CPU ticks of the process and of each of its threads at one instant.
 struct CpuSnapshot {
     user: u64,
     system: u64,
-    /// Thread id → (name, user + system ticks).
-    threads: BTreeMap<String, (String, u64)>,
+    /// Thread id → (name, user + system ticks, context switches).
+    threads: BTreeMap<String, (String, u64, u64)>,
 }
 
 /// Threads that kept the process name: libzmq's I/O and reaper threads (this build does
@@ -893,7 +925,8 @@ fn cpu_snapshot() -> Option<CpuSnapshot> {
                 } else {
                     name
                 };
-                threads.insert(tid, (name, u + s));
+                let switches = read_switches(&entry.path().join("status")).unwrap_or(0);
+                threads.insert(tid, (name, u + s, switches));
             }
         }
     }
@@ -917,21 +950,27 @@ fn cpu_report(a: &CpuSnapshot, b: &CpuSnapshot, window: f64, ok: u64) -> CpuRepo
     let user = secs(b.user.saturating_sub(a.user));
     let system = secs(b.system.saturating_sub(a.system));
     let seconds = user + system;
-    let mut groups: BTreeMap<String, (usize, u64)> = BTreeMap::new();
-    for (tid, (name, ticks)) in &b.threads {
-        let before = a.threads.get(tid).map_or(0, |(_, t)| *t);
+    let mut groups: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
+    for (tid, (name, ticks, switches)) in &b.threads {
+        let (t0, s0) = a.threads.get(tid).map_or((0, 0), |(_, t, s)| (*t, *s));
         let g = groups.entry(thread_group(name)).or_default();
         g.0 += 1;
-        g.1 += ticks.saturating_sub(before);
+        g.1 += ticks.saturating_sub(t0);
+        g.2 += switches.saturating_sub(s0);
     }
     let mut threads: Vec<ThreadCpu> = groups
         .into_iter()
-        .filter(|(_, (_, ticks))| *ticks > 0)
-        .map(|(group, (threads, ticks))| ThreadCpu {
+        .filter(|(_, (_, ticks, _))| *ticks > 0)
+        .map(|(group, (threads, ticks, switches))| ThreadCpu {
             group,
             threads,
             seconds: secs(ticks),
             percent: pct(secs(ticks)),
+            switches_per_request: if ok > 0 {
+                switches as f64 / ok as f64
+            } else {
+                0.0
+            },
         })
         .collect();
     threads.sort_by(|x, y| y.seconds.total_cmp(&x.seconds));
@@ -1335,6 +1374,7 @@ impl Cluster {
                 },
                 replication: chat_sync::ReplicationConfig {
                     ack_replicas: args.ack_replicas,
+                    window: args.replicate_window,
                     ..chat_sync::ReplicationConfig::default()
                 },
                 ..ServerConfig::new(name.clone())

@@ -194,6 +194,11 @@ pub struct ServerArgs {
     /// counted in status), `refuse` answers `unavailable`.
     #[arg(long, env = "CHAT_ACK_POLICY", default_value = "local", value_parser = parse_policy)]
     pub ack_policy: AckPolicy,
+    /// `replicate` messages in flight to each peer; commits made while the window is full
+    /// leave together in the next message (bigger batches under load, fewer wake-ups).
+    #[arg(long, env = "CHAT_REPLICATE_WINDOW", default_value_t = chat_sync::DEFAULT_WINDOW,
+          value_parser = parse_window)]
+    pub replicate_window: usize,
     /// Skew added to this server's physical clock, in milliseconds.
     #[arg(
         long,
@@ -234,6 +239,16 @@ pub enum ServerCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// Parses a replication window: 1 to 1024 messages in flight per peer.
+pub fn parse_window(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a window: give a number of messages from 1 to 1024"
+        )),
+    }
 }
 
 /// Parses `local` or `refuse`.
@@ -292,6 +307,7 @@ pub fn server(args: &ServerArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
         replication: ReplicationConfig {
             ack_replicas: args.ack_replicas,
             policy: args.ack_policy,
+            window: args.replicate_window,
             ..ReplicationConfig::default()
         },
         ..ServerConfig::new(args.name.clone())

@@ -84,4 +84,9 @@ pub trait Store: Send {
 
     /// Sets a named value durably.
     fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError>;
+
+    /// Whether writes go to a disk (worth committing off the caller's thread).
+    fn is_durable(&self) -> bool {
+        true
+    }
 }

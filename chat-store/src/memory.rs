@@ -32,6 +32,10 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
+    fn is_durable(&self) -> bool {
+        false
+    }
+
     fn append(&mut self, events: &[Event]) -> Result<usize, StoreError> {
         encode_batch(events)?;
         let mut added = 0;

@@ -43,5 +43,5 @@ pub use membership::{
 };
 pub use replication::{
     AckPolicy, Release, ReplicationConfig, Replicator, SendRange, DEFAULT_ACK_REPLICAS,
-    DEFAULT_ACK_TIMEOUT,
+    DEFAULT_ACK_TIMEOUT, DEFAULT_WINDOW,
 };

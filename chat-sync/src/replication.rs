@@ -24,6 +24,8 @@ pub const DEFAULT_ACK_REPLICAS: usize = 1;
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Most events in one `replicate` message.
 pub const MAX_RANGE: u64 = 256;
+/// Default number of `replicate` messages in flight to one peer.
+pub const DEFAULT_WINDOW: usize = 1;
 
 /// What to do with a write when no other server is alive to hold a copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,6 +47,11 @@ pub struct ReplicationConfig {
     pub ack_timeout: Duration,
     /// What to do with no live peer (default: accept locally).
     pub policy: AckPolicy,
+    /// Most `replicate` messages in flight to one peer (at least 1; default 1). Events
+    /// committed while the window is full wait and leave together, in one message, when
+    /// an acknowledgement frees a slot: under load, batches grow with the round trip
+    /// instead of every commit costing each peer a message, a wake-up and an fsync.
+    pub window: usize,
 }
 
 impl Default for ReplicationConfig {
@@ -53,6 +60,7 @@ impl Default for ReplicationConfig {
             ack_replicas: DEFAULT_ACK_REPLICAS,
             ack_timeout: DEFAULT_ACK_TIMEOUT,
             policy: AckPolicy::AcceptLocal,
+            window: DEFAULT_WINDOW,
         }
     }
 }
@@ -214,19 +222,11 @@ impl<T> Replicator<T> {
             while p.expired.len() > MAX_EXPIRED {
                 p.expired.pop_first();
             }
-            while let Some((from, to)) = p.queue.pop_front() {
-                // Skip what the peer already acknowledged.
-                let mut from = from;
-                while from <= to && p.acked.contains(from) {
-                    from += 1;
-                }
-                if from > to {
-                    continue;
-                }
-                let end = to.min(from + MAX_RANGE - 1);
-                if end < to {
-                    p.queue.push_front((end + 1, to));
-                }
+            let window = self.config.window.max(1);
+            while p.inflight.len() < window {
+                let Some((from, end)) = next_range(p) else {
+                    break;
+                };
                 let msg = self.next_msg;
                 self.next_msg += 1;
                 p.inflight.insert(msg, (from, end, now));
@@ -242,12 +242,17 @@ impl<T> Replicator<T> {
     }
 
     /// Replies that can now be sent (or must be refused), given which peers are `alive`.
+    /// A reply never leaves before its event is durable here ([`Replicator::committed`]).
     pub fn poll_released(&mut self, alive: &[String]) -> Vec<Release<T>> {
         let live = alive.iter().filter(|a| self.peers.contains_key(*a)).count();
         let required = self.config.ack_replicas.min(live);
         let mut out = Vec::new();
         let mut kept = Vec::with_capacity(self.held.len());
         for (seq, item) in self.held.drain(..) {
+            if seq > self.committed {
+                kept.push((seq, item));
+                continue;
+            }
             if required == 0 {
                 if self.config.ack_replicas == 0 || self.config.policy == AckPolicy::AcceptLocal {
                     if self.config.ack_replicas > 0 {
@@ -287,6 +292,35 @@ impl<T> Replicator<T> {
     }
 }
 
+/// Takes from the front of `p`'s queue the next range to send: the queued ranges that
+/// follow one another, without what `p` already acknowledged, at most [`MAX_RANGE`] events.
+fn next_range(p: &mut Peer) -> Option<(u64, u64)> {
+    let (from, end) = loop {
+        let (mut from, to) = p.queue.pop_front()?;
+        while from <= to && p.acked.contains(from) {
+            from += 1;
+        }
+        if from <= to {
+            break (from, to);
+        }
+    };
+    let limit = from + MAX_RANGE - 1;
+    let mut end = end;
+    // Merge the ranges queued right after this one (commits of later iterations).
+    while let Some(&(f, t)) = p.queue.front() {
+        if f != end + 1 || end >= limit {
+            break;
+        }
+        p.queue.pop_front();
+        end = t;
+    }
+    if end > limit {
+        p.queue.push_front((limit + 1, end));
+        end = limit;
+    }
+    Some((from, end))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,6 +343,16 @@ mod tests {
         r.handle_ack("c", sends[1].msg);
         assert_eq!(r.poll_released(&alive), vec![Release::Ack("reply-1")]);
         assert_eq!(r.local_only_acks(), 0);
+    }
+
+    #[test]
+    fn a_reply_never_leaves_before_its_event_is_durable_here() {
+        let mut r: Replicator<u8> = Replicator::new(ReplicationConfig::default(), 0);
+        r.hold(1, 1);
+        // No peer at all and the policy accepts local writes: still not before the commit.
+        assert!(r.poll_released(&[]).is_empty());
+        r.committed(1);
+        assert_eq!(r.poll_released(&[]), vec![Release::Ack(1)]);
     }
 
     #[test]
@@ -353,12 +397,60 @@ mod tests {
     #[test]
     fn large_ranges_are_split_and_acked_parts_skipped() {
         let t0 = Instant::now();
-        let mut r: Replicator<()> = Replicator::new(ReplicationConfig::default(), 0);
+        let cfg = ReplicationConfig {
+            window: 8,
+            ..ReplicationConfig::default()
+        };
+        let mut r: Replicator<()> = Replicator::new(cfg, 0);
         r.set_peers(["b"]);
         r.committed(600);
         let sends = r.poll_sends(t0, &names(&["b"]));
         let ranges: Vec<_> = sends.iter().map(|s| (s.from, s.to)).collect();
         assert_eq!(ranges, vec![(1, 256), (257, 512), (513, 600)]);
+    }
+
+    #[test]
+    fn commits_wait_for_a_free_slot_then_leave_together() {
+        let t0 = Instant::now();
+        let mut r: Replicator<()> = Replicator::new(ReplicationConfig::default(), 0);
+        r.set_peers(["b"]);
+        let alive = names(&["b"]);
+        r.committed(1);
+        let first = r.poll_sends(t0, &alive);
+        assert_eq!((first[0].from, first[0].to), (1, 1));
+        // Three more commits while the window (1) is full: nothing leaves.
+        for seq in 2..=4 {
+            r.committed(seq);
+            assert!(r.poll_sends(t0, &alive).is_empty());
+        }
+        r.handle_ack("b", first[0].msg);
+        let next = r.poll_sends(t0, &alive);
+        let ranges: Vec<_> = next.iter().map(|s| (s.from, s.to)).collect();
+        assert_eq!(
+            ranges,
+            vec![(2, 4)],
+            "the waiting commits go as one message"
+        );
+    }
+
+    #[test]
+    fn merged_ranges_skip_acknowledged_events_and_respect_the_limit() {
+        let t0 = Instant::now();
+        let mut r: Replicator<()> = Replicator::new(ReplicationConfig::default(), 0);
+        r.set_peers(["b"]);
+        let alive = names(&["b"]);
+        for seq in (100..=700).step_by(100) {
+            r.committed(seq);
+        }
+        let mut got = Vec::new();
+        for _ in 0..10 {
+            let s = r.poll_sends(t0, &alive);
+            let Some(s) = s.first() else { break };
+            got.push((s.from, s.to));
+            r.handle_ack("b", s.msg);
+        }
+        assert_eq!(got, vec![(1, 256), (257, 512), (513, 700)]);
+        assert_eq!(r.acked_through("b"), 700);
     }
 
     #[test]

@@ -158,12 +158,14 @@ proptest! {
         ops in prop::collection::vec((0u8..6, 0usize..3, any::<u64>()), 1..120),
         ack_replicas in 0usize..3,
         refuse in any::<bool>(),
+        window in 1usize..4,
     ) {
         let peers = ["b", "c"];
         let cfg = ReplicationConfig {
             ack_replicas,
             ack_timeout: Duration::from_millis(100),
             policy: if refuse { AckPolicy::Refuse } else { AckPolicy::AcceptLocal },
+            window,
         };
         let t0 = Instant::now();
         let mut r: Replicator<u64> = Replicator::new(cfg, 0);

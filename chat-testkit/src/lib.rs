@@ -214,7 +214,8 @@ impl TestCluster {
         self.start_server_with(name, Box::new(MemoryStore::default()));
     }
 
-    fn start_server_with(&mut self, name: &str, store: Box<dyn Store>) {
+    /// Starts server `name` on a store of the caller's (e.g. one that fails or stalls).
+    pub fn start_server_with(&mut self, name: &str, store: Box<dyn Store>) {
         let cfg = self.server_config(name);
         let ctx = self.ctx.clone();
         let running = Running::spawn(move |sd| run_server(&ctx, &cfg, store, sd).expect("server"));

@@ -8,24 +8,30 @@
 //!    events from other servers (`replicate` pushes, `sync` answers, the `replication`
 //!    topic) are applied when new; election, clock and liveness messages feed the
 //!    `chat-sync` machines;
-//! 3. commit all new events of the iteration in one store transaction (one fsync);
-//! 4. only then send: publications, `replication` frames, `replicate` pushes to peers,
-//!    replies to reads, and the replies to writes whose events enough peers hold
-//!    (`--ack-replicas`, see [`chat_sync::replication`]).
+//! 3. when no batch is being committed, hand every new event since the last batch to the
+//!    [`commit`] writer thread as the next batch (one transaction, one fsync) and go on
+//!    serving while it is written: writes arriving meanwhile form the next batch;
+//! 4. once the writer reports a batch durable, send what depended on it: publications,
+//!    `replication` frames, `replicate` pushes to peers, replies to reads, and the replies
+//!    to writes whose events enough peers hold (`--ack-replicas`, see
+//!    [`chat_sync::replication`]).
 //!
 //! So a client hears "OK" only for a write that is on disk here and on another live server,
-//! and no reply ever reveals state that is not on disk here.
+//! and no reply ever reveals state that is not on disk here: every reply waits for the
+//! batch holding the newest event applied before it was built.
 //!
 //! # Layout
 //! - [`node`]: the socket-free part (request handling, Lamport clock, batching).
+//! - [`commit`]: group commit on a writer thread, one batch in flight.
 //! - [`peers`]: DEALER links to the other servers, with pending requests and deadlines.
 //! - [`reference_client`]: rank, heartbeats and the live list from the reference.
 
+pub mod commit;
 pub mod node;
 pub mod peers;
 pub mod reference_client;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chat_core::protocol::{
@@ -41,6 +47,7 @@ use chat_sync::{
     Berkeley, BerkeleyConfig, BerkeleyOutput, Bully, BullyConfig, BullyMsg, BullyOutput,
     DetectorConfig, FailureDetector, Release, ReplicationConfig, Replicator, Verdict,
 };
+use commit::{Committer, SharedStore};
 use tracing::{debug, info, warn};
 
 use crate::backend;
@@ -137,6 +144,9 @@ pub enum ServerError {
     /// ZeroMQ failed.
     #[error("transport error: {0}")]
     Zmq(#[from] zmq::Error),
+    /// A thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// The physical clock a server stamps `timestamp` with: the OS clock plus an offset.
@@ -166,7 +176,19 @@ struct HeldReply {
     id: Option<String>,
 }
 
-/// A reply on the peer socket, built after the commit of the iteration.
+/// A batch being committed, and what to do once it is durable.
+#[derive(Debug)]
+struct Batch {
+    epoch: u64,
+    /// This server's own events in the batch (to publish and push to peers).
+    local: Vec<Event>,
+    /// Own sequence numbers through this one are durable with the batch.
+    own_max: u64,
+    /// The version vector including the batch (what `replicate` acknowledgements report).
+    vector: BTreeMap<String, u64>,
+}
+
+/// A reply on the peer socket, built once what it reveals is durable.
 enum PeerReply {
     Ready(ReplyEnvelope),
     /// `replicate`: our version vector, once the events are durable.
@@ -208,6 +230,10 @@ pub fn run_server_reporting(
         rt.step()?;
     }
     let _ = rt.backend.send(backend::BYE, zmq::DONTWAIT);
+    if rt.committer.busy() || !rt.node.pending().is_empty() {
+        // Nothing of it was acknowledged; the writer finishes the batch it is on.
+        debug!(server = %cfg.name, "stopping with writes not yet committed");
+    }
     info!(server = %cfg.name, "stopped");
     Ok(())
 }
@@ -216,7 +242,15 @@ struct Runtime<'a> {
     cfg: &'a ServerConfig,
     ctx: zmq::Context,
     node: Node,
-    store: Box<dyn Store>,
+    committer: Committer,
+    /// Number of the batch new events join (batches are numbered from 1).
+    epoch_open: u64,
+    /// Every batch up to this one is durable.
+    epoch_durable: u64,
+    /// The batch being committed.
+    inflight: Option<Batch>,
+    /// The version vector of what is durable here.
+    durable_vector: BTreeMap<String, u64>,
     clock: PhysicalClock,
     backend: zmq::Socket,
     publisher: zmq::Socket,
@@ -243,8 +277,12 @@ struct Runtime<'a> {
     berkeley: Berkeley,
     repl: Replicator<HeldReply>,
     outbox: BTreeMap<u64, Event>,
+    /// Client replies ready to send (token, bytes).
     replies: Vec<(u64, Vec<u8>)>,
-    peer_replies: Vec<(Vec<Vec<u8>>, PeerReply)>,
+    /// Client replies waiting for a batch: (epoch, token, bytes), epochs ascending.
+    deferred: VecDeque<(u64, u64, Vec<u8>)>,
+    /// Peer replies: (epoch they wait for, envelope, reply), epochs ascending.
+    peer_replies: VecDeque<(u64, Vec<Vec<u8>>, PeerReply)>,
     caught_up: bool,
     sync_inflight: Option<String>,
     next_sync: Instant,
@@ -306,11 +344,18 @@ impl<'a> Runtime<'a> {
         let capacity = backend::capacity_bytes(cfg.capacity);
         let now = Instant::now();
         let own = node.own_max_seq();
+        let store: SharedStore = std::sync::Arc::new(parking_lot::Mutex::new(store));
+        let committer = Committer::start(ctx, &cfg.name, store)?;
+        let durable_vector = vector_of(&node);
         Ok(Runtime {
             cfg,
             ctx: ctx.clone(),
             node,
-            store,
+            committer,
+            epoch_open: 1,
+            epoch_durable: 0,
+            inflight: None,
+            durable_vector,
             clock: PhysicalClock {
                 offset_ms: cfg.clock_skew_ms,
             },
@@ -339,7 +384,8 @@ impl<'a> Runtime<'a> {
             repl: Replicator::new(cfg.replication, own),
             outbox: BTreeMap::new(),
             replies: Vec::new(),
-            peer_replies: Vec::new(),
+            deferred: VecDeque::new(),
+            peer_replies: VecDeque::new(),
             // Without a reference there are no peers to catch up from.
             caught_up: cfg.reference.is_none(),
             sync_inflight: None,
@@ -370,7 +416,10 @@ impl<'a> Runtime<'a> {
     }
 
     fn next_wakeup(&self, now: Instant) -> Duration {
-        let mut at = self.next_heartbeat.min(now + Duration::from_millis(100));
+        let mut at = now + Duration::from_millis(100);
+        if self.registered_with_broker {
+            at = at.min(self.next_heartbeat);
+        }
         let timers = [
             self.bully.as_ref().and_then(Bully::poll_timeout),
             self.fd.poll_timeout(),
@@ -399,6 +448,10 @@ impl<'a> Runtime<'a> {
                 items.push(s.as_poll_item(zmq::POLLIN));
             }
             items.extend(self.peers.poll_items());
+            // The writer's completions (its socket is read in `commit_and_send`).
+            if let Some(s) = self.committer.socket() {
+                items.push(s.as_poll_item(zmq::POLLIN));
+            }
             match zmq::poll(&mut items, wait.as_millis() as i64) {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
                 Err(e) => return Err(e.into()),
@@ -502,8 +555,25 @@ impl<'a> Runtime<'a> {
 
     fn queue_reply(&mut self, token: u64, reply: &ReplyEnvelope, encoding: Encoding) {
         match encode_reply(reply, encoding) {
-            Ok(bytes) => self.replies.push((token, bytes)),
+            Ok(bytes) => {
+                let epoch = self.depends_on();
+                if epoch <= self.epoch_durable {
+                    self.replies.push((token, bytes));
+                } else {
+                    self.deferred.push_back((epoch, token, bytes));
+                }
+            }
             Err(e) => warn!(error = %e, "cannot encode a reply"),
+        }
+    }
+
+    /// The batch holding the newest event applied so far: a reply built now may reveal it,
+    /// so it waits until that batch is durable.
+    fn depends_on(&self) -> u64 {
+        if self.node.pending().is_empty() {
+            self.epoch_open - 1
+        } else {
+            self.epoch_open
         }
     }
 
@@ -567,7 +637,8 @@ impl<'a> Runtime<'a> {
                 Ok((env, _)) => self.peer_request(now, env),
                 Err(f) => PeerReply::Ready(self.failure_reply(&f)),
             };
-            self.peer_replies.push((envelope, reply));
+            let epoch = self.depends_on();
+            self.peer_replies.push_back((epoch, envelope, reply));
         }
         Ok(())
     }
@@ -700,7 +771,12 @@ impl<'a> Runtime<'a> {
             RefEvent::Rank(r) => {
                 if self.rank != Some(r) {
                     info!(server = %self.cfg.name, rank = r, "rank assigned");
-                    if let Err(e) = self.store.set_meta("rank", &r.to_string()) {
+                    let stored = self
+                        .committer
+                        .store()
+                        .lock()
+                        .set_meta("rank", &r.to_string());
+                    if let Err(e) = stored {
                         warn!(error = %e, "cannot store the rank");
                     }
                     self.bully = None;
@@ -949,7 +1025,12 @@ impl<'a> Runtime<'a> {
         }
         if term > self.term_persisted {
             // Persist the greatest term seen before acting on it.
-            if let Err(e) = self.store.set_meta("term", &term.to_string()) {
+            let stored = self
+                .committer
+                .store()
+                .lock()
+                .set_meta("term", &term.to_string());
+            if let Err(e) = stored {
                 warn!(error = %e, "cannot store the term");
             }
             self.term_persisted = term;
@@ -1047,39 +1128,42 @@ impl<'a> Runtime<'a> {
         // disks, but a crash in between could leave a peer holding an event this server then
         // forgets, and reuses its sequence number for another write if it restarts with no
         // peer reachable: replicas would diverge. Correct first.)
-        if !self.node.pending().is_empty() {
-            self.store.append(self.node.pending())?;
+        loop {
+            if let Some(done) = self.committer.poll_completed() {
+                // A store that fails stops the server rather than acknowledge what it lost.
+                done.result?;
+                self.epoch_durable = done.epoch;
+                if let Some(batch) = self.inflight.take() {
+                    self.batch_durable(batch);
+                }
+            }
+            if self.committer.busy() || self.node.pending().is_empty() {
+                break;
+            }
+            let (events, local) = self.node.take_batch();
+            let batch = Batch {
+                epoch: self.epoch_open,
+                local,
+                own_max: self.node.own_max_seq(),
+                vector: self.vector(),
+            };
+            self.epoch_open += 1;
+            self.committer.submit(batch.epoch, events);
+            self.inflight = Some(batch);
         }
-        for e in self.node.local() {
-            self.outbox.insert(e.id.seq, e.clone());
-        }
-        self.repl.committed(self.node.own_max_seq());
         // Who is alive does not change between the push and the release below.
         let alive = self.alive(now);
         self.push_to_peers(now, &alive)?;
-        let local = self.node.committed();
-        for event in &local {
-            if let Some(p) = event.publication() {
-                match encode_publication(&p, self.cfg.encoding) {
-                    Ok(bytes) => {
-                        let _ = self
-                            .publisher
-                            .send_multipart([p.topic().as_bytes(), &bytes[..]], zmq::DONTWAIT);
-                    }
-                    Err(e) => warn!(error = %e, "cannot encode a publication"),
-                }
-            }
-            match event.encode(Encoding::MsgPack) {
-                Ok(bytes) => {
-                    let _ = self
-                        .publisher
-                        .send_multipart([TOPIC_REPLICATION.as_bytes(), &bytes[..]], zmq::DONTWAIT);
-                }
-                Err(e) => warn!(error = %e, "cannot encode an event"),
-            }
-            debug!(server = %self.cfg.name, event = %event.id, op = event.kind.operation(), "write committed");
-        }
         self.release_held(&alive);
+        while self
+            .deferred
+            .front()
+            .is_some_and(|(epoch, _, _)| *epoch <= self.epoch_durable)
+        {
+            if let Some((_, token, bytes)) = self.deferred.pop_front() {
+                self.replies.push((token, bytes));
+            }
+        }
         for (token, bytes) in std::mem::take(&mut self.replies) {
             let token = backend::token_bytes(token);
             send_to_broker(&self.backend, [backend::REPLY, &token[..], &bytes[..]])?;
@@ -1107,6 +1191,36 @@ impl<'a> Runtime<'a> {
         Ok(())
     }
 
+    /// A batch is durable: its own events can be published and pushed to peers.
+    fn batch_durable(&mut self, batch: Batch) {
+        for e in &batch.local {
+            self.outbox.insert(e.id.seq, e.clone());
+        }
+        self.repl.committed(batch.own_max);
+        self.durable_vector = batch.vector;
+        for event in &batch.local {
+            if let Some(p) = event.publication() {
+                match encode_publication(&p, self.cfg.encoding) {
+                    Ok(bytes) => {
+                        let _ = self
+                            .publisher
+                            .send_multipart([p.topic().as_bytes(), &bytes[..]], zmq::DONTWAIT);
+                    }
+                    Err(e) => warn!(error = %e, "cannot encode a publication"),
+                }
+            }
+            match event.encode(Encoding::MsgPack) {
+                Ok(bytes) => {
+                    let _ = self
+                        .publisher
+                        .send_multipart([TOPIC_REPLICATION.as_bytes(), &bytes[..]], zmq::DONTWAIT);
+                }
+                Err(e) => warn!(error = %e, "cannot encode an event"),
+            }
+            debug!(server = %self.cfg.name, event = %event.id, op = event.kind.operation(), "write committed");
+        }
+    }
+
     fn push_to_peers(&mut self, now: Instant, alive: &[String]) -> Result<(), ServerError> {
         for send in self.repl.poll_sends(now, alive) {
             let mut events: Vec<Event> = self
@@ -1116,7 +1230,11 @@ impl<'a> Runtime<'a> {
                 .collect();
             if events.len() as u64 != send.to - send.from + 1 {
                 let n = usize::try_from(send.to - send.from + 1).unwrap_or(usize::MAX);
-                events = self.store.events_after(&self.cfg.name, send.from - 1, n)?;
+                events =
+                    self.committer
+                        .store()
+                        .lock()
+                        .events_after(&self.cfg.name, send.from - 1, n)?;
             }
             let req = Request::Replicate {
                 from: self.cfg.name.clone(),
@@ -1178,17 +1296,22 @@ impl<'a> Runtime<'a> {
     }
 
     fn send_peer_replies(&mut self) -> Result<(), ServerError> {
-        for (envelope, reply) in std::mem::take(&mut self.peer_replies) {
+        while self
+            .peer_replies
+            .front()
+            .is_some_and(|(epoch, _, _)| *epoch <= self.epoch_durable)
+        {
+            let Some((_, envelope, reply)) = self.peer_replies.pop_front() else {
+                break;
+            };
             let reply = match reply {
                 PeerReply::Ready(r) => r,
-                PeerReply::Vector(service, id) => {
-                    let vector = self.vector();
-                    ReplyEnvelope {
-                        service,
-                        reply: Reply::Vector(vector),
-                        meta: self.meta(id),
-                    }
-                }
+                PeerReply::Vector(service, id) => ReplyEnvelope {
+                    service,
+                    // What is durable here, which includes the events of the push.
+                    reply: Reply::Vector(self.durable_vector.clone()),
+                    meta: self.meta(id),
+                },
                 PeerReply::Sync { vector, limit, id } => {
                     let (events, more) = self.events_beyond(&vector, limit as usize)?;
                     ReplyEnvelope {
@@ -1212,12 +1335,7 @@ impl<'a> Runtime<'a> {
     }
 
     fn vector(&self) -> BTreeMap<String, u64> {
-        self.node
-            .state()
-            .applied()
-            .iter()
-            .map(|(o, a)| (o.clone(), a.contiguous()))
-            .collect()
+        vector_of(&self.node)
     }
 
     /// Stored events beyond `vector`, at most `limit` of them and about
@@ -1229,6 +1347,7 @@ impl<'a> Runtime<'a> {
     ) -> Result<(Vec<Event>, bool), ServerError> {
         let mut out = Vec::new();
         let mut bytes = 0;
+        let store = self.committer.store().lock();
         for (origin, applied) in self.node.state().applied() {
             let have = vector.get(origin).copied().unwrap_or(0);
             if applied.max() <= have {
@@ -1238,7 +1357,7 @@ impl<'a> Runtime<'a> {
             if room == 0 || bytes >= SYNC_REPLY_BYTES {
                 return Ok((out, true));
             }
-            let batch = self.store.events_after(origin, have, room)?;
+            let batch = store.events_after(origin, have, room)?;
             for e in batch {
                 bytes += event_size(&e);
                 out.push(e);
@@ -1287,6 +1406,15 @@ impl<'a> Runtime<'a> {
             vector: self.vector(),
         }
     }
+}
+
+/// Per origin, the sequence number through which `node` holds every event.
+fn vector_of(node: &Node) -> BTreeMap<String, u64> {
+    node.state()
+        .applied()
+        .iter()
+        .map(|(o, a)| (o.clone(), a.contiguous()))
+        .collect()
 }
 
 fn event_size(e: &Event) -> usize {

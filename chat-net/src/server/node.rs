@@ -250,11 +250,19 @@ impl Node {
         &self.pending
     }
 
+    /// Takes the batch to commit: every pending event, and this server's own among them
+    /// (to publish and replicate once the batch is durable).
+    pub fn take_batch(&mut self) -> (Vec<Event>, Vec<Event>) {
+        (
+            std::mem::take(&mut self.pending),
+            std::mem::take(&mut self.local),
+        )
+    }
+
     /// Marks the pending events committed; returns this server's own new events, to
     /// publish and replicate.
     pub fn committed(&mut self) -> Vec<Event> {
-        self.pending.clear();
-        std::mem::take(&mut self.local)
+        self.take_batch().1
     }
 }
 
