@@ -293,6 +293,15 @@ pub struct BenchArgs {
     /// Parent of the temporary SQLite directory (default: the system temporary directory).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Extra time added to every commit of the in-process servers, to model a slower disk
+    /// than this machine's (network volumes take 1-10 ms per fsync); same syntax as
+    /// --duration.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub commit_delay: Duration,
+    /// Commit on each server's loop thread instead of its writer thread (the loop then
+    /// waits for every fsync), to measure what the writer thread buys.
+    #[arg(long)]
+    pub inline_commit: bool,
     /// Per-user write limit (writes/s) of the in-process servers; 0, the default, turns the
     /// flood protection off, since each bench client is one user writing flat out (the
     /// servers' own default is 1000/s, bursts of 2000).
@@ -408,6 +417,10 @@ pub struct RunConfig {
     pub rate_limit: u32,
     /// Peer acknowledgements required per write by the in-process servers.
     pub ack_replicas: usize,
+    /// Extra time per commit of the in-process servers, in milliseconds.
+    pub commit_delay_ms: f64,
+    /// Whether the in-process servers commit on their loop thread.
+    pub inline_commit: bool,
     /// `replicate` messages in flight per peer in the in-process servers.
     pub replicate_window: usize,
     /// Client threads.
@@ -574,8 +587,14 @@ impl BenchReport {
         let mut out = String::new();
         let target = match &c.store {
             Some(store) => format!(
-                "in-process cluster, {} servers, {store} store, ack replicas {}, replicate window {}, per-user rate limit {}",
+                "in-process cluster, {} servers, {store} store{}{}, ack replicas {}, replicate window {}, per-user rate limit {}",
                 c.servers,
+                if c.commit_delay_ms > 0.0 {
+                    format!(" (+{} ms per commit)", c.commit_delay_ms)
+                } else {
+                    String::new()
+                },
+                if c.inline_commit { ", commits on the loop thread" } else { "" },
                 c.ack_replicas,
                 c.replicate_window,
                 match c.rate_limit {
@@ -814,6 +833,8 @@ pub fn run(args: &BenchArgs, stop: &Shutdown) -> anyhow::Result<BenchReport> {
             rate_limit: args.rate_limit,
             ack_replicas: args.ack_replicas,
             replicate_window: args.replicate_window,
+            commit_delay_ms: args.commit_delay.as_secs_f64() * 1000.0,
+            inline_commit: args.inline_commit,
             clients: args.clients,
             subscribers: args.subscribers,
             size: args.size,
@@ -1148,6 +1169,52 @@ fn merge(
     })
 }
 
+/// A store whose commits take `delay` longer: a slower disk than this machine's.
+struct DelayedStore {
+    inner: Box<dyn Store>,
+    delay: Duration,
+}
+
+impl Store for DelayedStore {
+    fn append(&mut self, events: &[chat_core::Event]) -> Result<usize, chat_store::StoreError> {
+        let n = self.inner.append(events)?;
+        std::thread::sleep(self.delay);
+        Ok(n)
+    }
+    fn load_all(&self) -> Result<Vec<chat_core::Event>, chat_store::StoreError> {
+        self.inner.load_all()
+    }
+    fn events_after(
+        &self,
+        origin: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<chat_core::Event>, chat_store::StoreError> {
+        self.inner.events_after(origin, after_seq, limit)
+    }
+    fn applied(&self) -> Result<BTreeMap<String, u64>, chat_store::StoreError> {
+        self.inner.applied()
+    }
+    fn channel_history(
+        &self,
+        channel: &str,
+        before: Option<&chat_core::Stamp>,
+        limit: usize,
+    ) -> Result<Vec<chat_core::Event>, chat_store::StoreError> {
+        self.inner.channel_history(channel, before, limit)
+    }
+    fn get_meta(&self, key: &str) -> Result<Option<String>, chat_store::StoreError> {
+        self.inner.get_meta(key)
+    }
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), chat_store::StoreError> {
+        self.inner.set_meta(key, value)
+    }
+    fn is_durable(&self) -> bool {
+        // A delayed memory store models a disk too: commit it off the loop.
+        true
+    }
+}
+
 /// The stderr progress line.
 struct Progress {
     quiet: bool,
@@ -1356,13 +1423,19 @@ impl Cluster {
         cluster.xpub = xpub.clone();
         for i in 1..=args.servers {
             let name = format!("server-{i}");
-            let store: Box<dyn Store> = match &dir {
+            let mut store: Box<dyn Store> = match &dir {
                 None => Box::new(MemoryStore::default()),
                 Some(d) => Box::new(
                     SqliteStore::open(&d.path().join(&name))
                         .with_context(|| format!("opening the store of {name}"))?,
                 ),
             };
+            if !args.commit_delay.is_zero() {
+                store = Box::new(DelayedStore {
+                    inner: store,
+                    delay: args.commit_delay,
+                });
+            }
             let cfg = ServerConfig {
                 broker: backend.clone(),
                 publish: xsub.clone(),
@@ -1372,6 +1445,7 @@ impl Cluster {
                     0 => RateLimit::disabled(),
                     n => RateLimit::new(n, n.saturating_mul(2)),
                 },
+                inline_commit: args.inline_commit,
                 replication: chat_sync::ReplicationConfig {
                     ack_replicas: args.ack_replicas,
                     window: args.replicate_window,

@@ -10,8 +10,9 @@
 //! - [`export`]: writes the seeds' JSON files (`users.json`, `channels.json`,
 //!   `messages.json`, `publications.json`).
 //!
-//! A server groups the writes of one loop iteration into one `append` call, so a burst of
-//! requests costs one fsync, not one per request (group commit).
+//! A server groups every write that arrived while its previous batch was being committed
+//! into one `append` call, so a burst of requests costs one fsync, not one per request
+//! (group commit; `chat-net`'s server commits on a writer thread, one batch in flight).
 
 use std::collections::BTreeMap;
 

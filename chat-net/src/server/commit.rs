@@ -64,14 +64,15 @@ pub struct Committer {
 
 impl Committer {
     /// A committer for `store`: a writer thread (named after `name`) for a durable store,
-    /// inline commits for an in-memory one.
+    /// inline commits for an in-memory one or when `inline` is set.
     pub fn start(
         ctx: &zmq::Context,
         name: &str,
         store: SharedStore,
+        inline: bool,
     ) -> Result<Self, super::ServerError> {
-        let durable = store.lock().is_durable();
-        let mode = if durable {
+        let threaded = store.lock().is_durable() && !inline;
+        let mode = if threaded {
             let addr = format!("inproc://chat-commit-{}", rand::random::<u64>());
             let signal = ctx.socket(zmq::PAIR)?;
             signal.set_linger(0)?;

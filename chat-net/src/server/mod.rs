@@ -106,6 +106,9 @@ pub struct ServerConfig {
     pub reference_interval: Duration,
     /// How often to ask a peer for missed events (anti-entropy).
     pub sync_interval: Duration,
+    /// Commit on the loop thread even for a durable store (the loop then waits for every
+    /// fsync; for comparison and for stores that are fast anyway).
+    pub inline_commit: bool,
 }
 
 impl ServerConfig {
@@ -131,6 +134,7 @@ impl ServerConfig {
             berkeley: BerkeleyConfig::default(),
             reference_interval: Duration::from_millis(500),
             sync_interval: Duration::from_secs(2),
+            inline_commit: false,
         }
     }
 }
@@ -336,16 +340,13 @@ impl<'a> Runtime<'a> {
         peer_router.set_router_mandatory(true)?;
         let bound = sockets::bind(&peer_router, &cfg.peer)?;
         let peer_endpoint = cfg.advertise.clone().unwrap_or(bound);
-        println!(
-            "chat-server listening peer={peer_endpoint} name={}",
-            cfg.name
-        );
+        info!(server = %cfg.name, peer = %peer_endpoint, "peer socket bound");
 
         let capacity = backend::capacity_bytes(cfg.capacity);
         let now = Instant::now();
         let own = node.own_max_seq();
         let store: SharedStore = std::sync::Arc::new(parking_lot::Mutex::new(store));
-        let committer = Committer::start(ctx, &cfg.name, store)?;
+        let committer = Committer::start(ctx, &cfg.name, store, cfg.inline_commit)?;
         let durable_vector = vector_of(&node);
         Ok(Runtime {
             cfg,
