@@ -64,6 +64,9 @@ pub const SYNC_REPLY_BYTES: usize = 512 * 1024;
 pub const ALONE_GRACE: Duration = Duration::from_secs(3);
 /// Most own events kept in memory for pushing to peers (older ones are read from the store).
 pub const OUTBOX_MAX: usize = 100_000;
+/// Most peer-socket replies waiting for a commit; beyond it the peer socket is left unread
+/// (its queue, then ZeroMQ's high-water mark, push back) until the disk catches up.
+pub const MAX_WAITING_PEER_REPLIES: usize = 10_000;
 
 /// How a server is wired and tuned.
 #[derive(Debug, Clone)]
@@ -438,11 +441,17 @@ impl<'a> Runtime<'a> {
     fn step(&mut self) -> Result<(), ServerError> {
         let wait = self.next_wakeup(Instant::now());
         let peer_names = self.peers.names();
+        // Peer requests beyond the cap wait in the socket until commits catch up.
+        let peer_events = if self.peer_replies.len() < MAX_WAITING_PEER_REPLIES {
+            zmq::POLLIN
+        } else {
+            zmq::PollEvents::empty()
+        };
         let readable: Vec<bool> = {
             let mut items = vec![
                 self.backend.as_poll_item(zmq::POLLIN),
                 self.subscriber.as_poll_item(zmq::POLLIN),
-                self.peer_router.as_poll_item(zmq::POLLIN),
+                self.peer_router.as_poll_item(peer_events),
             ];
             let ref_socket = self.refc.as_ref().and_then(RefClient::socket);
             if let Some(s) = ref_socket {
@@ -621,6 +630,9 @@ impl<'a> Runtime<'a> {
 
     fn drain_peer_router(&mut self, now: Instant) -> Result<(), ServerError> {
         for _ in 0..self.cfg.max_batch {
+            if self.peer_replies.len() >= MAX_WAITING_PEER_REPLIES {
+                break;
+            }
             let parts = match self.peer_router.recv_multipart(zmq::DONTWAIT) {
                 Ok(p) => p,
                 Err(zmq::Error::EAGAIN) => break,
