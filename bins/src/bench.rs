@@ -64,7 +64,7 @@ use anyhow::{bail, Context as _};
 use chat_core::ratelimit::RateLimit;
 use chat_core::{ErrorCode, HistoryTarget};
 use chat_net::broker::{Broker, BrokerConfig};
-use chat_net::client::{Client, ClientConfig, ClientError, ClientEvent};
+use chat_net::client::{Client, ClientConfig, ClientError, ClientEvent, Subscriber};
 use chat_net::proxy::{Proxy, ProxyConfig};
 use chat_net::reference::{Reference, ReferenceConfig};
 use chat_net::server::{run_server, ServerConfig};
@@ -1553,7 +1553,7 @@ struct SubStats {
 }
 
 fn subscriber_loop(
-    client: Client,
+    mut sub: Subscriber,
     channel: String,
     run: u32,
     shared: Arc<SubShared>,
@@ -1564,18 +1564,23 @@ fn subscriber_loop(
         received: 0,
     };
     while !stop.load(Ordering::Acquire) {
-        match client.events().recv_timeout(POLL) {
-            Ok(ClientEvent::Post(p)) if p.channel == channel => match parse_tag(&p.message, run) {
-                Some((b'P', _, _)) => shared.live.store(true, Ordering::Release),
-                Some((b'M', client, seq)) => {
-                    stats.received += 1;
-                    stats.seen.insert(key(client, seq));
-                    shared.received.fetch_add(1, Ordering::Relaxed);
+        match sub.recv(POLL) {
+            Ok(Some(ClientEvent::Post(p))) if p.channel == channel => {
+                match parse_tag(&p.message, run) {
+                    Some((b'P', _, _)) => shared.live.store(true, Ordering::Release),
+                    Some((b'M', client, seq)) => {
+                        stats.received += 1;
+                        stats.seen.insert(key(client, seq));
+                        shared.received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
                 }
-                _ => {}
-            },
-            Ok(_) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "bench subscriber stopped");
+                break;
+            }
         }
     }
     stats
@@ -1681,7 +1686,9 @@ fn run_chat(
         let (sh, st, ch) = (shared.clone(), sub_stop.clone(), channel.clone());
         let (config, ready) = (config.clone(), ready_tx.clone());
         let thread = spawn(format!("bench-sub-{i}"), move || {
-            let connected = Client::connect(config).and_then(|c| c.subscribe(&ch).map(|()| c));
+            // The SDK's thread-less subscriber: events are read here, one wake-up each.
+            let connected =
+                Subscriber::connect(&config.sub).and_then(|mut s| s.subscribe(&ch).map(|()| s));
             match connected {
                 Ok(client) => {
                     let _ = ready.send(Ok(()));

@@ -209,3 +209,35 @@ fn retried_write_with_the_same_request_id_is_applied_once() {
         .unwrap();
     assert_eq!(page.items.len(), 1);
 }
+
+#[test]
+fn threadless_subscriber_gets_its_topics_exactly_and_observes_the_clock() {
+    let cluster = TestCluster::start(1);
+    let caio = cluster.client();
+    caio.login("caio").unwrap();
+    caio.login("anabela").unwrap();
+    caio.login("ana").unwrap();
+    let mut sub = chat_net::client::Subscriber::connect(&cluster.xpub).unwrap();
+    sub.subscribe("ana").unwrap();
+    // Live once a probe arrives (slow joiner); then drain the probes.
+    let live = wait_for(DEADLINE, || {
+        caio.send_message("caio", "ana", "probe").unwrap();
+        sub.recv(Duration::from_millis(100)).unwrap()
+    });
+    assert!(live.is_some(), "the subscription never became live");
+    while sub.recv(Duration::from_millis(200)).unwrap().is_some() {}
+
+    // `ana` is a prefix of `anabela`: the frame reaches the socket, not the caller.
+    caio.send_message("caio", "anabela", "só para anabela")
+        .unwrap();
+    caio.send_message("caio", "ana", "para ana").unwrap();
+    match sub.recv(DEADLINE).unwrap() {
+        Some(ClientEvent::Direct(d)) => {
+            assert_eq!((d.dst.as_str(), d.message.as_str()), ("ana", "para ana"));
+            assert!(sub.clock() >= d.clock, "the clock observed the event");
+        }
+        other => panic!("expected the message to ana, got {other:?}"),
+    }
+    sub.unsubscribe("ana").unwrap();
+    assert!(sub.recv(Duration::from_millis(0)).unwrap().is_none());
+}
