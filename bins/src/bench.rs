@@ -47,10 +47,14 @@
 //! the whole system under test; against a running cluster it is only the clients' and
 //! subscribers' share. The same is read for every thread (`/proc/self/task/*/stat`) and
 //! summed by thread name without its number ([`thread_group`]): `bench-server`,
-//! `bench-broker`, `bench-proxy`, `bench-reference`, `bench-client` (SDK callers),
-//! `chat-client-sub` (the SDK's subscriber threads), `bench-sub` (counting), and for the
-//! baseline `bench-req`, `bench-echo`, `bench-zmq-proxy`; libzmq's own I/O threads are
-//! unnamed and reported as [`UNNAMED_THREADS`]. Without `/proc` CPU is reported as absent.
+//! `server-N-commit` (the servers' writer threads), `bench-broker`, `bench-proxy`,
+//! `bench-reference`, `bench-client` (SDK callers), `chat-client-sub` (the SDK clients'
+//! background subscriber threads, idle here), `bench-sub` (thread-less
+//! [`Subscriber`]s counting), and for the baseline `bench-req`, `bench-echo`,
+//! `bench-zmq-proxy`. libzmq's I/O threads take the name of the thread that created their
+//! context's first socket, so they count with their component; threads that kept the
+//! process name are reported as [`UNNAMED_THREADS`]. Context switches per request come from
+//! `/proc/self/task/*/status`. Without `/proc` CPU is reported as absent.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::{self, Write as _};
@@ -284,7 +288,8 @@ pub struct BenchArgs {
     /// (operations: publish, history, users, channels, status).
     #[arg(long, default_value = "publish=100", value_parser = Mix::parse)]
     pub mix: Mix,
-    /// SDK clients subscribed to the bench channel, counting every publication delivered.
+    /// Subscribers (the SDK's thread-less `Subscriber`) to the bench channel, counting every
+    /// publication delivered.
     #[arg(long, default_value_t = 2)]
     pub subscribers: usize,
     /// Store of the in-process servers: sqlite (durable, temporary directory) or memory.
