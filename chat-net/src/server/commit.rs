@@ -188,8 +188,9 @@ impl Drop for Committer {
         } = &mut self.mode
         {
             // Closing the channel stops the writer after the batch it is on. A disk that
-            // does not answer must not hang the shutdown: past the wait, the thread is left
-            // to finish (or not) on its own; the batch was never acknowledged either way.
+            // does not answer must not hang the loop's shutdown: past the wait, the thread is
+            // left to finish (or not) on its own; the batch was never acknowledged either
+            // way. (Its signal socket then keeps the ZeroMQ context open until it returns.)
             jobs.take();
             match exited.recv_timeout(STOP_WAIT) {
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
