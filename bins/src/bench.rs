@@ -73,7 +73,7 @@ use chat_net::proxy::{Proxy, ProxyConfig};
 use chat_net::reference::{Reference, ReferenceConfig};
 use chat_net::server::{run_server, ServerConfig};
 use chat_net::{sockets, Shutdown};
-use chat_store::{MemoryStore, SqliteStore, Store};
+use chat_store::{HookedStore, MemoryStore, SqliteStore, Store};
 use clap::{Args, Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use rand::Rng;
@@ -1174,52 +1174,6 @@ fn merge(
     })
 }
 
-/// A store whose commits take `delay` longer: a slower disk than this machine's.
-struct DelayedStore {
-    inner: Box<dyn Store>,
-    delay: Duration,
-}
-
-impl Store for DelayedStore {
-    fn append(&mut self, events: &[chat_core::Event]) -> Result<usize, chat_store::StoreError> {
-        let n = self.inner.append(events)?;
-        std::thread::sleep(self.delay);
-        Ok(n)
-    }
-    fn load_all(&self) -> Result<Vec<chat_core::Event>, chat_store::StoreError> {
-        self.inner.load_all()
-    }
-    fn events_after(
-        &self,
-        origin: &str,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<chat_core::Event>, chat_store::StoreError> {
-        self.inner.events_after(origin, after_seq, limit)
-    }
-    fn applied(&self) -> Result<BTreeMap<String, u64>, chat_store::StoreError> {
-        self.inner.applied()
-    }
-    fn channel_history(
-        &self,
-        channel: &str,
-        before: Option<&chat_core::Stamp>,
-        limit: usize,
-    ) -> Result<Vec<chat_core::Event>, chat_store::StoreError> {
-        self.inner.channel_history(channel, before, limit)
-    }
-    fn get_meta(&self, key: &str) -> Result<Option<String>, chat_store::StoreError> {
-        self.inner.get_meta(key)
-    }
-    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), chat_store::StoreError> {
-        self.inner.set_meta(key, value)
-    }
-    fn is_durable(&self) -> bool {
-        // A delayed memory store models a disk too: commit it off the loop.
-        true
-    }
-}
-
 /// The stderr progress line.
 struct Progress {
     quiet: bool,
@@ -1436,10 +1390,12 @@ impl Cluster {
                 ),
             };
             if !args.commit_delay.is_zero() {
-                store = Box::new(DelayedStore {
-                    inner: store,
-                    delay: args.commit_delay,
-                });
+                // A slower disk: every commit takes that much longer.
+                let delay = args.commit_delay;
+                store = Box::new(HookedStore::new(
+                    store,
+                    Box::new(move |_| std::thread::sleep(delay)),
+                ));
             }
             let cfg = ServerConfig {
                 broker: backend.clone(),

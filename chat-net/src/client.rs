@@ -389,14 +389,12 @@ fn start_subscriber(
     let addr = format!("inproc://chat-client-sub-{:x}", rand::random::<u64>());
     let control = sockets::socket(ctx, zmq::PAIR, sockets::REQUEST_HWM)?;
     control.bind(&addr)?;
-    let sub = sockets::socket(ctx, zmq::SUB, sockets::PUB_HWM)?;
-    sub.set_maxmsgsize(sockets::MAX_MSG_SIZE)?;
-    sub.connect(endpoint)?;
+    let sub = Subscriber::on(ctx, endpoint, clock)?;
     let peer = sockets::socket(ctx, zmq::PAIR, sockets::REQUEST_HWM)?;
     peer.connect(&addr)?;
     let thread = std::thread::Builder::new()
         .name("chat-client-sub".into())
-        .spawn(move || subscriber_loop(sub, peer, tx, clock))
+        .spawn(move || subscriber_loop(sub, peer, tx))
         .map_err(|e| ClientError::Protocol(format!("cannot start subscriber thread: {e}")))?;
     Ok(SubHandle {
         control: Mutex::new(control),
@@ -404,16 +402,11 @@ fn start_subscriber(
     })
 }
 
-fn subscriber_loop(
-    sub: zmq::Socket,
-    control: zmq::Socket,
-    tx: Sender<ClientEvent>,
-    clock: Arc<Mutex<LamportClock>>,
-) {
-    let mut topics: HashSet<Vec<u8>> = HashSet::new();
+/// The [`Client`]'s subscriber thread: topic changes from `control`, events to `tx`.
+fn subscriber_loop(mut sub: Subscriber, control: zmq::Socket, tx: Sender<ClientEvent>) {
     loop {
         let mut items = [
-            sub.as_poll_item(zmq::POLLIN),
+            sub.socket.as_poll_item(zmq::POLLIN),
             control.as_poll_item(zmq::POLLIN),
         ];
         match zmq::poll(&mut items, 1000) {
@@ -421,51 +414,33 @@ fn subscriber_loop(
             Err(zmq::Error::EINTR) => continue,
             Err(_) => return,
         }
-        if items[1].is_readable() {
+        let (from_proxy, from_client) = (items[0].is_readable(), items[1].is_readable());
+        if from_client {
             let Ok(msg) = control.recv_bytes(0) else {
                 return;
             };
-            let (op, topic) = match msg.split_first() {
-                Some((op, topic)) => (*op, topic.to_vec()),
+            let topic = match msg.split_first() {
+                Some((op, topic)) => (*op, String::from_utf8_lossy(topic).into_owned()),
                 None => return,
             };
-            match op {
-                b'+' => {
-                    if topics.insert(topic.clone()) {
-                        let _ = sub.set_subscribe(&topic);
-                    }
-                }
-                b'-' => {
-                    if topics.remove(&topic) {
-                        let _ = sub.set_unsubscribe(&topic);
-                    }
-                }
+            let done = match topic {
+                (b'+', t) => sub.subscribe(&t),
+                (b'-', t) => sub.unsubscribe(&t),
                 _ => return,
-            }
-            if control.send(&b"ok"[..], 0).is_err() {
+            };
+            if done.is_err() || control.send(&b"ok"[..], 0).is_err() {
                 return;
             }
         }
-        if items[0].is_readable() {
+        if from_proxy {
             // Drain what is there without blocking.
-            for _ in 0..1024 {
-                let parts = match sub.recv_multipart(zmq::DONTWAIT) {
-                    Ok(p) => p,
-                    Err(zmq::Error::EAGAIN) => break,
-                    Err(zmq::Error::EINTR) => continue,
+            for _ in 0..DRAIN_MAX {
+                match sub.try_next() {
+                    Ok(Some(event)) => {
+                        let _ = tx.try_send(event);
+                    }
+                    Ok(None) => break,
                     Err(_) => return,
-                };
-                let Some(topic) = parts.first() else { continue };
-                if !topics.contains(topic) {
-                    continue; // prefix match of another topic: not ours
-                }
-                let event = to_event(
-                    topic,
-                    parts.get(1).map(Vec::as_slice).unwrap_or(&[]),
-                    &clock,
-                );
-                if let Some(event) = event {
-                    let _ = tx.try_send(event);
                 }
             }
         }
@@ -473,10 +448,11 @@ fn subscriber_loop(
 }
 
 /// Live subscriptions read on the caller's thread: no background thread, no channel.
+/// (A [`Client`]'s subscriber thread is one of these, feeding its event channel.)
 pub struct Subscriber {
     socket: zmq::Socket,
     topics: HashSet<Vec<u8>>,
-    clock: Mutex<LamportClock>,
+    clock: Arc<Mutex<LamportClock>>,
     // Declared last: the socket closes before its context.
     _ctx: zmq::Context,
 }
@@ -484,15 +460,27 @@ pub struct Subscriber {
 impl Subscriber {
     /// Connects to the proxy's XPUB endpoint (lazily, as ZeroMQ does; nothing blocks).
     pub fn connect(endpoint: &str) -> Result<Subscriber, ClientError> {
-        let ctx = zmq::Context::new();
-        let socket = sockets::socket(&ctx, zmq::SUB, sockets::PUB_HWM)?;
+        Self::on(
+            &zmq::Context::new(),
+            endpoint,
+            Arc::new(Mutex::new(LamportClock::new())),
+        )
+    }
+
+    /// A subscriber in `ctx` whose events advance `clock`.
+    fn on(
+        ctx: &zmq::Context,
+        endpoint: &str,
+        clock: Arc<Mutex<LamportClock>>,
+    ) -> Result<Subscriber, ClientError> {
+        let socket = sockets::socket(ctx, zmq::SUB, sockets::PUB_HWM)?;
         socket.set_maxmsgsize(sockets::MAX_MSG_SIZE)?;
         socket.connect(endpoint)?;
         Ok(Subscriber {
             socket,
             topics: HashSet::new(),
-            clock: Mutex::new(LamportClock::new()),
-            _ctx: ctx,
+            clock,
+            _ctx: ctx.clone(),
         })
     }
 
@@ -521,35 +509,47 @@ impl Subscriber {
     pub fn recv(&mut self, timeout: Duration) -> Result<Option<ClientEvent>, ClientError> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            match self.socket.recv_multipart(zmq::DONTWAIT) {
-                Ok(parts) => {
-                    let Some(topic) = parts.first() else { continue };
-                    if !self.topics.contains(topic) {
-                        continue; // prefix match of another topic: not ours
-                    }
-                    let payload = parts.get(1).map(Vec::as_slice).unwrap_or(&[]);
-                    if let Some(event) = to_event(topic, payload, &self.clock) {
-                        return Ok(Some(event));
-                    }
-                }
-                Err(zmq::Error::EAGAIN) => {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    if left.is_zero() {
-                        return Ok(None);
-                    }
-                    // Round up so a sub-millisecond remainder still waits instead of spinning.
-                    let ms = i64::try_from(left.as_millis() + 1).unwrap_or(i64::MAX);
-                    match self.socket.poll(zmq::POLLIN, ms) {
-                        Ok(_) | Err(zmq::Error::EINTR) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                Err(zmq::Error::EINTR) => {}
+            if let Some(event) = self.try_next()? {
+                return Ok(Some(event));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            // Round up so a sub-millisecond remainder still waits instead of spinning.
+            let ms = i64::try_from(left.as_millis() + 1).unwrap_or(i64::MAX);
+            match self.socket.poll(zmq::POLLIN, ms) {
+                Ok(_) | Err(zmq::Error::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
         }
     }
+
+    /// The next event already received, without waiting (`None` also after
+    /// [`DRAIN_MAX`] frames of other topics, so a flood cannot hold the caller here).
+    fn try_next(&mut self) -> Result<Option<ClientEvent>, ClientError> {
+        for _ in 0..DRAIN_MAX {
+            let parts = match self.socket.recv_multipart(zmq::DONTWAIT) {
+                Ok(parts) => parts,
+                Err(zmq::Error::EAGAIN) => return Ok(None),
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let Some(topic) = parts.first() else { continue };
+            if !self.topics.contains(topic) {
+                continue; // prefix match of another topic: not ours
+            }
+            let payload = parts.get(1).map(Vec::as_slice).unwrap_or(&[]);
+            if let Some(event) = to_event(topic, payload, &self.clock) {
+                return Ok(Some(event));
+            }
+        }
+        Ok(None)
+    }
 }
+
+/// Most frames [`Subscriber`] reads in one go.
+const DRAIN_MAX: usize = 1024;
 
 fn to_event(topic: &[u8], payload: &[u8], clock: &Mutex<LamportClock>) -> Option<ClientEvent> {
     let Ok(topic) = std::str::from_utf8(topic) else {

@@ -6,13 +6,12 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use chat_core::{Event, EventKind, HistoryTarget, Publication, Stamp};
+use chat_core::{Event, EventKind, HistoryTarget, Publication};
 use chat_net::client::ClientConfig;
-use chat_store::{MemoryStore, Store, StoreError};
+use chat_store::{HookedStore, MemoryStore};
 use support::{wait_for, TestCluster, DEADLINE};
 
 /// Shared between the test and its store: whether commits may proceed, and what reached
@@ -54,11 +53,21 @@ impl Drop for OpenOnDrop {
     }
 }
 
-/// A memory store that says it is durable (so the server commits on its writer thread)
-/// and whose `append` waits while the gate is closed.
-struct GatedStore {
-    inner: MemoryStore,
-    gate: Arc<Gate>,
+/// A memory store that counts as a disk (so the server commits on its writer thread) and
+/// whose commits wait while the gate is closed.
+fn gated_store(gate: Arc<Gate>) -> HookedStore {
+    HookedStore::new(
+        Box::new(MemoryStore::default()),
+        Box::new(move |events| {
+            let mut st = gate.state.lock().unwrap();
+            st.batches.push(texts(events));
+            gate.changed.notify_all();
+            while st.closed {
+                st = gate.changed.wait(st).unwrap();
+            }
+            st.committed += 1;
+        }),
+    )
 }
 
 fn texts(events: &[Event]) -> Vec<String> {
@@ -71,62 +80,11 @@ fn texts(events: &[Event]) -> Vec<String> {
         .collect()
 }
 
-impl Store for GatedStore {
-    fn append(&mut self, events: &[Event]) -> Result<usize, StoreError> {
-        let mut st = self.gate.state.lock().unwrap();
-        st.batches.push(texts(events));
-        self.gate.changed.notify_all();
-        while st.closed {
-            st = self.gate.changed.wait(st).unwrap();
-        }
-        st.committed += 1;
-        drop(st);
-        self.inner.append(events)
-    }
-    fn load_all(&self) -> Result<Vec<Event>, StoreError> {
-        self.inner.load_all()
-    }
-    fn events_after(
-        &self,
-        origin: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.inner.events_after(origin, after, limit)
-    }
-    fn applied(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        self.inner.applied()
-    }
-    fn channel_history(
-        &self,
-        channel: &str,
-        before: Option<&Stamp>,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.inner.channel_history(channel, before, limit)
-    }
-    fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.inner.get_meta(key)
-    }
-    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.inner.set_meta(key, value)
-    }
-    fn is_durable(&self) -> bool {
-        true
-    }
-}
-
 #[test]
 fn replies_wait_for_their_batch_and_the_loop_keeps_taking_writes_meanwhile() {
     let mut cluster = TestCluster::start(0);
     let gate = Arc::new(Gate::default());
-    cluster.start_server_with(
-        "server-1",
-        Box::new(GatedStore {
-            inner: MemoryStore::default(),
-            gate: gate.clone(),
-        }),
-    );
+    cluster.start_server_with("server-1", Box::new(gated_store(gate.clone())));
     let _open = OpenOnDrop(gate.clone());
     let setup = cluster.client();
     setup.login("ana").unwrap();

@@ -7,6 +7,7 @@
 //! - [`sqlite::SqliteStore`]: the durable default (SQLite, WAL, `synchronous=FULL`): when
 //!   `append` returns, the batch survives `kill -9` and power loss.
 //! - [`memory::MemoryStore`]: the same contract in memory, for tests.
+//! - [`hooked::HookedStore`]: a hook before every append (a slow or stalled disk).
 //! - [`export`]: writes the seeds' JSON files (`users.json`, `channels.json`,
 //!   `messages.json`, `publications.json`).
 //!
@@ -20,9 +21,11 @@ use chat_core::{Event, Stamp};
 
 mod checked;
 pub mod export;
+pub mod hooked;
 pub mod memory;
 pub mod sqlite;
 
+pub use hooked::HookedStore;
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 

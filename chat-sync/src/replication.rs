@@ -330,6 +330,17 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    /// A replicator with one peer, `b`, and `window` messages in flight to it.
+    fn one_peer(window: usize) -> Replicator<()> {
+        let cfg = ReplicationConfig {
+            window,
+            ..ReplicationConfig::default()
+        };
+        let mut r = Replicator::new(cfg, 0);
+        r.set_peers(["b"]);
+        r
+    }
+
     #[test]
     fn reply_waits_for_one_peer_then_goes() {
         let t0 = Instant::now();
@@ -378,8 +389,7 @@ mod tests {
     #[test]
     fn unacknowledged_range_is_resent_after_the_timeout() {
         let t0 = Instant::now();
-        let mut r: Replicator<()> = Replicator::new(ReplicationConfig::default(), 0);
-        r.set_peers(["b"]);
+        let mut r = one_peer(DEFAULT_WINDOW);
         r.committed(3);
         let alive = names(&["b"]);
         let first = r.poll_sends(t0, &alive);
@@ -398,12 +408,7 @@ mod tests {
     #[test]
     fn large_ranges_are_split_and_acked_parts_skipped() {
         let t0 = Instant::now();
-        let cfg = ReplicationConfig {
-            window: 8,
-            ..ReplicationConfig::default()
-        };
-        let mut r: Replicator<()> = Replicator::new(cfg, 0);
-        r.set_peers(["b"]);
+        let mut r = one_peer(8);
         r.committed(600);
         let sends = r.poll_sends(t0, &names(&["b"]));
         let ranges: Vec<_> = sends.iter().map(|s| (s.from, s.to)).collect();
@@ -413,12 +418,7 @@ mod tests {
     #[test]
     fn commits_wait_for_a_free_slot_then_leave_together() {
         let t0 = Instant::now();
-        let cfg = ReplicationConfig {
-            window: 1,
-            ..ReplicationConfig::default()
-        };
-        let mut r: Replicator<()> = Replicator::new(cfg, 0);
-        r.set_peers(["b"]);
+        let mut r = one_peer(1);
         let alive = names(&["b"]);
         r.committed(1);
         let first = r.poll_sends(t0, &alive);
@@ -441,12 +441,7 @@ mod tests {
     #[test]
     fn merged_ranges_skip_acknowledged_events_and_respect_the_limit() {
         let t0 = Instant::now();
-        let cfg = ReplicationConfig {
-            window: 1,
-            ..ReplicationConfig::default()
-        };
-        let mut r: Replicator<()> = Replicator::new(cfg, 0);
-        r.set_peers(["b"]);
+        let mut r = one_peer(1);
         let alive = names(&["b"]);
         for seq in (100..=700).step_by(100) {
             r.committed(seq);
@@ -465,8 +460,7 @@ mod tests {
     #[test]
     fn down_peer_gets_its_inflight_back_when_up() {
         let t0 = Instant::now();
-        let mut r: Replicator<()> = Replicator::new(ReplicationConfig::default(), 0);
-        r.set_peers(["b"]);
+        let mut r = one_peer(DEFAULT_WINDOW);
         r.committed(2);
         let s = r.poll_sends(t0, &names(&["b"]));
         assert_eq!(s.len(), 1);

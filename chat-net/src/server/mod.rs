@@ -195,6 +195,9 @@ struct Batch {
     vector: BTreeMap<String, u64>,
 }
 
+/// The routing frames of a request on the peer socket (identity up to the delimiter).
+type Envelope = Vec<Vec<u8>>;
+
 /// A reply on the peer socket, built once what it reveals is durable.
 enum PeerReply {
     Ready(ReplyEnvelope),
@@ -287,9 +290,9 @@ struct Runtime<'a> {
     /// Client replies ready to send (token, bytes).
     replies: Vec<(u64, Vec<u8>)>,
     /// Client replies waiting for a batch: (epoch, token, bytes), epochs ascending.
-    deferred: VecDeque<(u64, u64, Vec<u8>)>,
+    deferred: VecDeque<(u64, (u64, Vec<u8>))>,
     /// Peer replies: (epoch they wait for, envelope, reply), epochs ascending.
-    peer_replies: VecDeque<(u64, Vec<Vec<u8>>, PeerReply)>,
+    peer_replies: VecDeque<(u64, (Envelope, PeerReply))>,
     caught_up: bool,
     sync_inflight: Option<String>,
     next_sync: Instant,
@@ -570,7 +573,7 @@ impl<'a> Runtime<'a> {
                 if epoch <= self.epoch_durable {
                     self.replies.push((token, bytes));
                 } else {
-                    self.deferred.push_back((epoch, token, bytes));
+                    self.deferred.push_back((epoch, (token, bytes)));
                 }
             }
             Err(e) => warn!(error = %e, "cannot encode a reply"),
@@ -651,7 +654,7 @@ impl<'a> Runtime<'a> {
                 Err(f) => PeerReply::Ready(self.failure_reply(&f)),
             };
             let epoch = self.depends_on();
-            self.peer_replies.push_back((epoch, envelope, reply));
+            self.peer_replies.push_back((epoch, (envelope, reply)));
         }
         Ok(())
     }
@@ -1168,14 +1171,8 @@ impl<'a> Runtime<'a> {
         let alive = self.alive(now);
         self.push_to_peers(now, &alive)?;
         self.release_held(&alive);
-        while self
-            .deferred
-            .front()
-            .is_some_and(|(epoch, _, _)| *epoch <= self.epoch_durable)
-        {
-            if let Some((_, token, bytes)) = self.deferred.pop_front() {
-                self.replies.push((token, bytes));
-            }
+        while let Some(reply) = pop_durable(&mut self.deferred, self.epoch_durable) {
+            self.replies.push(reply);
         }
         for (token, bytes) in std::mem::take(&mut self.replies) {
             let token = backend::token_bytes(token);
@@ -1309,14 +1306,8 @@ impl<'a> Runtime<'a> {
     }
 
     fn send_peer_replies(&mut self) -> Result<(), ServerError> {
-        while self
-            .peer_replies
-            .front()
-            .is_some_and(|(epoch, _, _)| *epoch <= self.epoch_durable)
+        while let Some((envelope, reply)) = pop_durable(&mut self.peer_replies, self.epoch_durable)
         {
-            let Some((_, envelope, reply)) = self.peer_replies.pop_front() else {
-                break;
-            };
             let reply = match reply {
                 PeerReply::Ready(r) => r,
                 PeerReply::Vector(service, id) => ReplyEnvelope {
@@ -1418,6 +1409,16 @@ impl<'a> Runtime<'a> {
             local_only_acks: self.repl.local_only_acks(),
             vector: self.vector(),
         }
+    }
+}
+
+/// The front of `queue` (entries tagged with the batch they wait for, in order) if that
+/// batch is durable.
+fn pop_durable<T>(queue: &mut VecDeque<(u64, T)>, durable: u64) -> Option<T> {
+    if queue.front().is_some_and(|(epoch, _)| *epoch <= durable) {
+        queue.pop_front().map(|(_, item)| item)
+    } else {
+        None
     }
 }
 
