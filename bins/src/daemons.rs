@@ -104,7 +104,7 @@ pub fn proxy(args: &ProxyArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
 #[derive(Debug, Clone, Args)]
 pub struct WebArgs {
     /// HTTP listen address (`host:port`; port 0 lets the OS choose).
-    #[arg(long, env = "CHAT_WEB_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "CHAT_WEB_LISTEN", default_value = chat_web::DEFAULT_LISTEN)]
     pub listen: String,
     /// Broker frontend endpoint.
     #[arg(long, env = "CHAT_BROKER", default_value = chat_core::DEFAULT_BROKER_FRONTEND)]

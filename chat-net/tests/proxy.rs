@@ -3,7 +3,7 @@
 //! Every wait has a deadline; subscription liveness is established by publishing probes
 //! until one arrives, never by sleeping.
 
-use chat_testkit::Running;
+use chat_testkit::{recv_within, Running};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -65,20 +65,6 @@ impl Harness {
         }
         s.connect(&self.xpub).unwrap();
         s
-    }
-}
-
-/// Receives one multipart message within `timeout`, or `None`.
-fn recv_within(sock: &zmq::Socket, timeout: Duration) -> Option<Vec<Vec<u8>>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if sock.poll(zmq::POLLIN, left.as_millis() as i64).unwrap() > 0 {
-            return Some(sock.recv_multipart(0).unwrap());
-        }
-        if left.is_zero() {
-            return None;
-        }
     }
 }
 

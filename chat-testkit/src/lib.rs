@@ -261,6 +261,20 @@ impl Drop for TestCluster {
     }
 }
 
+/// Receives one multipart message on `sock` within `timeout`, or `None`.
+pub fn recv_within(sock: &zmq::Socket, timeout: Duration) -> Option<Vec<Vec<u8>>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if sock.poll(zmq::POLLIN, left.as_millis() as i64).unwrap() > 0 {
+            return Some(sock.recv_multipart(0).unwrap());
+        }
+        if left.is_zero() {
+            return None;
+        }
+    }
+}
+
 /// Subscribes `listener` to `channel` and publishes probes from `publisher` until one
 /// arrives, so the subscription is known to be live (slow joiner). Drains the probes.
 pub fn subscribe_live(listener: &Client, publisher: &Client, user: &str, channel: &str) {
