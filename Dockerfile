@@ -2,7 +2,7 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p bins -p chat-web \
+RUN cargo build --release --locked -p bins \
     && mkdir /out \
     && cp target/release/chat target/release/chat-broker target/release/chat-proxy \
           target/release/chat-reference target/release/chat-server target/release/chat-client \

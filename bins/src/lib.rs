@@ -4,7 +4,7 @@
 //! - [`client_cli`]: the terminal client (`chat-client`): command parsing, rendering, modes.
 //! - [`bench`](mod@bench): `chat-bench`, the load generator with a raw-ZeroMQ baseline in the same run.
 //! - [`bot`]: the seed bot (`chat-bot`).
-//! - [`daemons`]: flags and entry points of the broker, proxy and server.
+//! - [`daemons`]: flags and entry points of the broker, proxy, reference, server and web UI.
 //! - [`up`]: `chat up`, which starts a whole cluster of child processes on loopback.
 //!
 //! The binaries in `src/bin/` only parse flags and call into this library.

@@ -9,6 +9,9 @@
 //! - [`subscribe_live`], [`next_event`]: live subscriptions despite ZeroMQ's slow joiner.
 //! - [`ask`], [`status_at`], [`history_at`]: read one server directly through its peer
 //!   socket (the broker would pick a server for us).
+//! - [`http`]: a minimal HTTP/1.1 client for the web front end's tests.
+
+pub mod http;
 
 use std::path::PathBuf;
 use std::thread::JoinHandle;

@@ -1,11 +1,10 @@
-//! The HTTP API without a browser: sessions, limits, errors in words, history paging, the
-//! event stream, and the binary's listening line and clean stop on SIGTERM.
+//! The HTTP API without a browser: sessions, limits, errors in words, history paging and
+//! the event stream. (The `chat-web` binary's own test is in `bins/tests/web.rs`.)
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chat_web::WebLimits;
@@ -242,55 +241,4 @@ fn idle_sessions_expire() {
     std::thread::sleep(Duration::from_millis(900));
     let r = http(web.addr, "GET", "/api/session", Some(&cookie), None);
     assert_eq!(r.status, 401);
-}
-
-#[test]
-fn binary_prints_its_url_and_stops_on_sigterm() {
-    let cluster = TestCluster::start(1);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chat-web"))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(["--broker", &cluster.frontend, "--sub", &cluster.xpub])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start chat-web");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("chat-web listening url=") {
-                let _ = tx.send(url.to_string());
-            }
-        }
-    });
-    let url = match rx.recv_timeout(DEADLINE) {
-        Ok(u) => u,
-        Err(e) => {
-            let _ = child.kill();
-            panic!("no listening line: {e}");
-        }
-    };
-    let addr = url
-        .strip_prefix("http://")
-        .and_then(|a| a.parse().ok())
-        .expect("url is http://127.0.0.1:PORT");
-    let page = http(addr, "GET", "/", None, None);
-    assert_eq!(page.status, 200);
-    let cookie = sign_in(addr, "hana");
-    assert_eq!(
-        http(addr, "GET", "/api/session", Some(&cookie), None).status,
-        200
-    );
-
-    let t0 = Instant::now();
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    let status = wait_for(Duration::from_secs(10), || child.try_wait().ok().flatten());
-    let Some(status) = status else {
-        let _ = child.kill();
-        panic!("chat-web did not stop within 10 s of SIGTERM");
-    };
-    assert!(status.success(), "exit status {status}");
-    println!("chat-web stopped {:?} after SIGTERM", t0.elapsed());
 }

@@ -103,7 +103,8 @@ impl Drop for Proc {
     }
 }
 
-fn field(fields: &[(String, String)], key: &str) -> String {
+/// The value of `key` among the fields of a listening line.
+pub fn field(fields: &[(String, String)], key: &str) -> String {
     fields
         .iter()
         .find(|(k, _)| k == key)
