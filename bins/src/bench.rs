@@ -562,6 +562,8 @@ pub struct ReplicaReport {
     pub events: u64,
     /// Writes it acknowledged while no other live server held them.
     pub local_only_acks: u64,
+    /// Batches it committed to its store since it started (one fsync each with SQLite).
+    pub commits: u64,
     /// Digest of its replicated state.
     pub digest: String,
 }
@@ -729,8 +731,12 @@ impl BenchReport {
                 .iter()
                 .map(|r| {
                     format!(
-                        "{} {} events, {} local-only acks",
-                        r.name, r.events, r.local_only_acks
+                        "{} {} events in {} commits ({:.1} per commit), {} local-only acks",
+                        r.name,
+                        r.events,
+                        r.commits,
+                        r.events as f64 / r.commits.max(1) as f64,
+                        r.local_only_acks
                     )
                 })
                 .collect();
@@ -1873,6 +1879,7 @@ fn replicas(config: &ClientConfig, servers: usize) -> Vec<ReplicaReport> {
                     name: st.name,
                     events: st.events,
                     local_only_acks: st.local_only_acks,
+                    commits: st.commits,
                     digest: st.digest,
                 },
             );

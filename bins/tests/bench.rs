@@ -46,6 +46,19 @@ fn short_bench_run_delivers_every_acknowledged_publication_and_counts_add_up() {
     }
     assert!(report.no_loss());
 
+    // The server's summary: its writes were committed in batches (never more batches than
+    // events, at least one), and the report says how many.
+    assert_eq!(report.replicas.len(), 1, "{text}");
+    let server = &report.replicas[0];
+    assert!(server.events >= report.delivery[0].acknowledged, "{text}");
+    assert!(
+        server.commits > 0 && server.commits <= server.events,
+        "{} commits for {} events\n{text}",
+        server.commits,
+        server.events
+    );
+    assert!(text.contains(" commits ("), "{text}");
+
     // Baseline: ran with one worker, without errors, and the ratio is computed.
     let base = report.baseline.as_ref().expect("baseline ran");
     assert!(base.ok > 0, "{text}");

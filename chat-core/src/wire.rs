@@ -210,6 +210,9 @@ pub struct ServerStatus {
     pub caught_up: bool,
     /// Writes acknowledged with no other live server holding them (see `--ack-replicas`).
     pub local_only_acks: u64,
+    /// Batches of events committed to the store since the server started (with SQLite,
+    /// one fsync each): `events` per commit is how well writes are grouped.
+    pub commits: u64,
     /// Highest contiguous sequence number held, per origin.
     pub vector: BTreeMap<String, u64>,
 }

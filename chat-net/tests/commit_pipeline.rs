@@ -156,4 +156,8 @@ fn replies_wait_for_their_batch_and_the_loop_keeps_taking_writes_meanwhile() {
     let with = |m: &str| batches.iter().position(|b| b.contains(&m.to_string()));
     let (b1, b2) = (with("m1").unwrap(), with("m2").expect("m2 committed"));
     assert!(b2 > b1, "m2 in a later batch than m1: {batches:?}");
+
+    // `status.commits` counts exactly the batches the store committed.
+    let status = setup.status().expect("status");
+    assert_eq!(status.commits as usize, gate.committed(), "{status:?}");
 }

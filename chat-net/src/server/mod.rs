@@ -1407,6 +1407,8 @@ impl<'a> Runtime<'a> {
             digest: state.digest(),
             caught_up: self.caught_up,
             local_only_acks: self.repl.local_only_acks(),
+            // Batches are numbered from 1 and all those up to this one are durable.
+            commits: self.epoch_durable,
             vector: self.vector(),
         }
     }
