@@ -4,7 +4,7 @@
 //!
 //! Every wait has a deadline; nothing synchronises by sleeping.
 
-use chat_testkit::Running;
+use chat_testkit::{wait_for, Running};
 use std::time::{Duration, Instant};
 
 use chat_net::reference::{run_reference, Reference, ReferenceConfig, ReferenceStats};
@@ -138,20 +138,6 @@ fn list(s: &zmq::Socket) -> Vec<(String, u64)> {
 
 fn pairs(v: &[(&str, u64)]) -> Vec<(String, u64)> {
     v.iter().map(|(n, r)| (n.to_string(), *r)).collect()
-}
-
-/// Waits until `f` returns `Some`, at most `deadline`.
-fn wait_for<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

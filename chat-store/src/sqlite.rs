@@ -172,31 +172,29 @@ impl SqliteStore {
 
 /// Creates the schema in a new database; refuses a database of an unknown version.
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    match user_version(conn)? {
-        SCHEMA_VERSION => return Ok(()),
-        0 => {}
-        found => {
-            return Err(StoreError::UnsupportedSchema {
-                found,
-                supported: SCHEMA_VERSION,
-            })
-        }
+    if has_schema(conn)? {
+        return Ok(());
     }
     // Another process may be creating the schema at the same time: decide under the lock.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    match user_version(&tx)? {
-        SCHEMA_VERSION => return Ok(()),
-        0 => {}
-        found => {
-            return Err(StoreError::UnsupportedSchema {
-                found,
-                supported: SCHEMA_VERSION,
-            })
-        }
+    if !has_schema(&tx)? {
+        tx.execute_batch(SCHEMA)?;
+        tx.commit()?;
     }
-    tx.execute_batch(SCHEMA)?;
-    tx.commit()?;
     Ok(())
+}
+
+/// Whether the database holds this build's schema (`false`: an empty database); an error
+/// for a version this build does not know.
+fn has_schema(conn: &Connection) -> Result<bool, StoreError> {
+    match user_version(conn)? {
+        SCHEMA_VERSION => Ok(true),
+        0 => Ok(false),
+        found => Err(StoreError::UnsupportedSchema {
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+    }
 }
 
 fn user_version(conn: &Connection) -> Result<i64, StoreError> {
