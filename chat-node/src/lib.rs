@@ -1,0 +1,13 @@
+//! The protocol cores of every node of the cluster, with no IO (sans-IO).
+//!
+//! Each core owns the protocol state of one kind of node and nothing else: no sockets, no
+//! threads, no clock reads, no randomness of its own. Inputs are method calls with the
+//! time passed in (`handle_*`); what the core wants done comes out of `poll_*` methods
+//! (messages to send, batches to persist, the next timeout). `chat-net` drives these cores
+//! with ZeroMQ sockets and threads; `chat-sim` drives the same cores in one thread with a
+//! simulated network, disks and clocks, under seeded faults.
+//!
+//! # Layout
+//! (filled in as the cores land)
+
+#![warn(missing_docs)]
