@@ -7,7 +7,9 @@
 //! - `messages.json`: `[{"src", "dst", "message", "timestamp", "clock"}, ...]`;
 //! - `publications.json`: `[{"channel", "user", "message", "timestamp", "clock"}, ...]`;
 //!
-//! messages and publications in history order (Lamport clock, origin, sequence number).
+//! messages and publications in history order (Lamport clock, origin, sequence number),
+//! each accepted request once: what users see in `history`, whatever copies the store holds
+//! (see `ChatState::apply` on requests accepted twice).
 //! Each file is replaced atomically (written to a temporary file in the same directory,
 //! fsynced, renamed over the old one), so a reader sees the old file or the new one, never
 //! half of one; the four files are not replaced together as one unit.
@@ -95,10 +97,14 @@ pub fn export_seed_files(store: &dyn Store, out_dir: &Path) -> Result<ExportSumm
             clock: p.clock,
         })
         .collect();
-    // ChatState keeps posts per channel; the file lists them all in history order.
+    // ChatState keeps posts per channel; the file lists them all in history order. A
+    // request accepted twice (a retry that reached a second server before the first copy
+    // was replicated) is stored twice but seen once: only the copy the state keeps visible
+    // (the smallest event id of that request id) is exported, as in `history`.
     let mut posts: Vec<&Event> = events
         .iter()
         .filter(|e| matches!(e.kind, EventKind::ChannelMessage { .. }))
+        .filter(|e| is_visible(&state, e))
         .collect();
     posts.sort_by_key(|e| e.stamp());
     posts.dedup_by(|a, b| a.id == b.id);
@@ -134,6 +140,14 @@ pub fn export_seed_files(store: &dyn Store, out_dir: &Path) -> Result<ExportSumm
         messages: messages.len(),
         publications: publications.len(),
     })
+}
+
+/// Whether `e` is the copy users see: an event without a request id, or the winner among
+/// the events that carry its request id.
+fn is_visible(state: &ChatState, e: &Event) -> bool {
+    e.request_id
+        .as_deref()
+        .is_none_or(|rid| state.event_for_request(rid) == Some(&e.id))
 }
 
 /// Distinguishes temporary files of concurrent exports within one process.
