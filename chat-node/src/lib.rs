@@ -8,6 +8,10 @@
 //! simulated network, disks and clocks, under seeded faults.
 //!
 //! # Layout
-//! (filled in as the cores land)
+//! - [`backend`]: the frames between the broker and servers (READY/HB/REQ/REP/BYE).
+//! - [`server`]: [`server::ServerCore`], everything a chat server decides.
 
 #![warn(missing_docs)]
+
+pub mod backend;
+pub mod server;
