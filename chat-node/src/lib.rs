@@ -8,6 +8,9 @@
 //! simulated network, disks and clocks, under seeded faults.
 //!
 //! # Layout
-//! (filled in as the cores land)
+//! - [`backend`]: the frame protocol between the broker and servers
+//!   (READY/HB/REQ/REP/BYE, the lease stamp and its echo), with builders and parsers.
 
 #![warn(missing_docs)]
+
+pub mod backend;
