@@ -511,12 +511,14 @@ impl<'a> Runtime<'a> {
             self.broker_seen = Instant::now();
             self.broker_silent_logged = false;
             match parts.first().map(Vec::as_slice) {
-                Some(backend::REQUEST) if parts.len() == 3 => {
+                // `REQ, token, request[, echo]`: the lease echo is not used yet.
+                Some(backend::REQUEST) if matches!(parts.len(), 3 | 4) => {
                     let Some(token) = backend::parse_token(&parts[1]) else {
                         continue;
                     };
                     self.client_request(token, &parts[2]);
                 }
+                // `HB[, echo]`.
                 Some(backend::HEARTBEAT) => {}
                 _ => {
                     warn!(server = %self.cfg.name, frames = parts.len(), "unexpected frame from the broker")
