@@ -10,7 +10,10 @@
 //! # Layout
 //! - [`backend`]: the frame protocol between the broker and servers
 //!   (READY/HB/REQ/REP/BYE, the lease stamp and its echo), with builders and parsers.
+//! - [`broker`]: [`broker::BrokerCore`], the request broker's state (credits, round robin,
+//!   session affinity, heartbeats, re-dispatch, deadlines) and its invariants.
 
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod broker;
