@@ -27,12 +27,11 @@ pub mod links;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chat_core::{Event, TOPIC_REPLICATION, TOPIC_SERVERS};
-use chat_node::server::{EventReader, Recovered, ServerCore, Time, ToBroker, Transmit};
+use chat_node::server::{EventReader, Recovered, ServerCore, Time, Transmit};
 use chat_store::{Store, StoreError};
 use commit::{Committer, SharedStore};
 use tracing::{debug, info};
 
-use crate::backend;
 use crate::sockets;
 use crate::Shutdown;
 
@@ -288,25 +287,9 @@ impl Runtime {
     fn send(&mut self, tx: Transmit) -> Result<(), ServerError> {
         match tx {
             Transmit::Broker(msg) => {
-                let (cmd, a, b): (&[u8], Vec<u8>, Vec<u8>) = match msg {
-                    ToBroker::Ready { capacity, stamp } => (
-                        backend::READY,
-                        backend::capacity_bytes(capacity),
-                        backend::token_bytes(stamp).to_vec(),
-                    ),
-                    ToBroker::Heartbeat { capacity, stamp } => (
-                        backend::HEARTBEAT,
-                        backend::capacity_bytes(capacity),
-                        backend::token_bytes(stamp).to_vec(),
-                    ),
-                    ToBroker::Reply { token, body } => {
-                        (backend::REPLY, backend::token_bytes(token).to_vec(), body)
-                    }
-                    ToBroker::Bye => {
-                        return send_to_broker(&self.backend, &[backend::BYE]);
-                    }
-                };
-                send_to_broker(&self.backend, &[cmd, &a, &b])
+                let frames = msg.frames();
+                let frames: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+                send_to_broker(&self.backend, &frames)
             }
             Transmit::Publish { topic, payload } => {
                 // PUB never blocks: past its high-water mark it drops (lossy by design).
@@ -354,21 +337,8 @@ impl Runtime {
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             };
-            match parts.first().map(Vec::as_slice) {
-                Some(backend::REQUEST) if parts.len() == 3 || parts.len() == 4 => {
-                    let Some(token) = backend::parse_token(&parts[1]) else {
-                        continue;
-                    };
-                    let echo = parts.get(3).and_then(|f| backend::parse_token(f));
-                    self.core.handle_client_request(t, token, &parts[2], echo);
-                }
-                Some(backend::HEARTBEAT) => {
-                    let echo = parts.get(1).and_then(|f| backend::parse_token(f));
-                    self.core.handle_broker_heartbeat(t, echo);
-                }
-                _ => {
-                    tracing::warn!(server = %self.core.config().name, frames = parts.len(), "unexpected frame from the broker")
-                }
+            if !self.core.handle_broker(t, &parts) {
+                tracing::warn!(server = %self.core.config().name, frames = parts.len(), "unexpected frame from the broker");
             }
         }
         Ok(())

@@ -254,6 +254,24 @@ pub enum ToBroker {
     Bye,
 }
 
+impl ToBroker {
+    /// The backend frames of this message (after the DEALER's nothing: no identity).
+    pub fn frames(&self) -> Vec<Vec<u8>> {
+        match self {
+            ToBroker::Ready { capacity, stamp } => backend::ready_frames(*capacity, Some(*stamp)),
+            ToBroker::Heartbeat { capacity, stamp } => {
+                backend::server_heartbeat_frames(*capacity, Some(*stamp))
+            }
+            ToBroker::Reply { token, body } => vec![
+                backend::REPLY.to_vec(),
+                backend::token_bytes(*token).to_vec(),
+                body.clone(),
+            ],
+            ToBroker::Bye => vec![backend::BYE.to_vec()],
+        }
+    }
+}
+
 /// Something the core wants sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transmit {
@@ -682,6 +700,25 @@ impl ServerCore {
     }
 
     // ----- inputs: broker -----------------------------------------------------------
+
+    /// A message from the broker, as backend frames; false if it is not one (ignored).
+    pub fn handle_broker(&mut self, t: Time, frames: &[Vec<u8>]) -> bool {
+        match backend::parse_from_broker(frames) {
+            Some(backend::FromBroker::Heartbeat { echo }) => {
+                self.handle_broker_heartbeat(t, echo);
+                true
+            }
+            Some(backend::FromBroker::Request {
+                token,
+                request,
+                echo,
+            }) => {
+                self.handle_client_request(t, token, request, echo);
+                true
+            }
+            None => false,
+        }
+    }
 
     /// The broker's heartbeat, with the newest stamp of ours it received.
     pub fn handle_broker_heartbeat(&mut self, t: Time, echo: Option<u64>) {
