@@ -5,6 +5,7 @@
 //! - [`bench`](mod@bench): `chat-bench`, the load generator with a raw-ZeroMQ baseline in the same run.
 //! - [`bot`]: the seed bot (`chat-bot`).
 //! - [`daemons`]: flags and entry points of the broker, proxy, reference, server and web UI.
+//! - [`sim`]: `chat-sim`, the deterministic whole-cluster simulator over many seeds.
 //! - [`up`]: `chat up`, which starts a whole cluster of child processes on loopback.
 //!
 //! The binaries in `src/bin/` only parse flags and call into this library.
@@ -13,6 +14,7 @@ pub mod bench;
 pub mod bot;
 pub mod client_cli;
 pub mod daemons;
+pub mod sim;
 pub mod up;
 
 use chat_net::Shutdown;

@@ -12,6 +12,8 @@
 //!   (READY/HB/REQ/REP/BYE, the lease stamp and its echo), with builders and parsers.
 //! - [`broker`]: [`broker::BrokerCore`], the request broker's state (credits, round robin,
 //!   session affinity, heartbeats, re-dispatch, deadlines) and its invariants.
+//! - [`reference`](mod@reference): [`reference::ReferenceCore`], the reference service's
+//!   registry (ranks, liveness) and wire rules.
 //! - [`server`]: [`server::ServerCore`], everything a chat server decides (state, commit
 //!   pipeline, replication, election, clock sync, catch-up, the broker lease).
 
@@ -19,4 +21,5 @@
 
 pub mod backend;
 pub mod broker;
+pub mod reference;
 pub mod server;

@@ -81,6 +81,8 @@ pub const MAX_WAITING_PEER_REPLIES: usize = 10_000;
 pub const LEASE: Duration = Duration::from_millis(backend::LIVENESS.as_millis() as u64 * 4 / 5);
 /// Retry delay of a `sync` request that could not be sent (peer link still connecting).
 const SYNC_RETRY: Duration = Duration::from_millis(50);
+/// When a `sync` is due but cannot go (one in flight, no live peer): when to look again.
+const SYNC_RECHECK: Duration = Duration::from_millis(100);
 
 /// The time of an input: monotonic, and the OS wall clock (the core adds its own offset).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -423,6 +425,8 @@ pub struct ServerCore {
     next_sync: Instant,
     sync_turn: usize,
     started: Instant,
+    /// [`ALONE_GRACE`] has run out (it no longer needs a timer).
+    grace_over: bool,
     broker: BrokerLink,
     /// A store read failed: the driver stops the server.
     failure: Option<StoreError>,
@@ -497,6 +501,7 @@ impl ServerCore {
             next_sync: now,
             sync_turn: 0,
             started: now,
+            grace_over: false,
             broker: BrokerLink {
                 registered: false,
                 next_heartbeat: now + backend::HEARTBEAT_INTERVAL,
@@ -680,10 +685,10 @@ impl ServerCore {
             self.peers.next_deadline(),
             self.registrar.as_ref().map(Registrar::next_deadline),
             self.broker.registered.then_some(self.broker.next_heartbeat),
-            (!self.caught_up).then_some(self.started + ALONE_GRACE),
-            (self.sync_inflight.is_none() && !self.peers.names().is_empty())
-                .then_some(self.next_sync),
-            self.bully_start_by.filter(|_| !self.bully_started),
+            (!self.caught_up && !self.grace_over).then_some(self.started + ALONE_GRACE),
+            (!self.peers.names().is_empty()).then_some(self.next_sync),
+            self.bully_start_by
+                .filter(|_| !self.bully_started && self.bully.is_some()),
         ]
         .into_iter()
         .flatten()
@@ -1025,8 +1030,9 @@ impl ServerCore {
                 }
                 self.sync_inflight = None;
                 if more {
-                    self.send_sync(t, peer);
-                    self.next_sync = now;
+                    if !self.send_sync(t, peer) {
+                        self.next_sync = now;
+                    }
                 } else if !self.caught_up {
                     self.caught_up = true;
                     info!(server = %self.cfg.name, with = peer, events = self.node.state().event_count(), "caught up");
@@ -1110,7 +1116,14 @@ impl ServerCore {
             .filter_map(|s| s.endpoint.clone().map(|e| (s.name.clone(), s.rank, e)))
             .collect();
         let still_alive = self.alive(now);
-        if self.peers.update(&peers, &still_alive) {
+        let (changed, forgotten) = self.peers.update(&peers, &still_alive);
+        for (peer, kind) in forgotten {
+            // Its answer can no longer arrive: a catch-up in flight with it is over.
+            if kind == Pending::Sync && self.sync_inflight.as_deref() == Some(peer.as_str()) {
+                self.sync_inflight = None;
+            }
+        }
+        if changed {
             let names = self.peers.names();
             info!(server = %self.cfg.name, peers = ?names, "peers");
             self.fd.set_peers(now, names.iter().map(String::as_str));
@@ -1260,15 +1273,23 @@ impl ServerCore {
         self.berkeley.handle_timeout(now, local);
         self.drain_berkeley(t);
         // Catch-up / anti-entropy.
-        if self.sync_inflight.is_none() && now >= self.next_sync && !alive.is_empty() {
-            self.sync_turn = (self.sync_turn + 1) % alive.len();
-            let peer = alive[self.sync_turn].clone();
-            self.next_sync = now + self.cfg.sync_interval;
-            self.send_sync(t, &peer);
+        if now >= self.next_sync {
+            if self.sync_inflight.is_none() && !alive.is_empty() {
+                self.sync_turn = (self.sync_turn + 1) % alive.len();
+                let peer = alive[self.sync_turn].clone();
+                self.next_sync = now + self.cfg.sync_interval;
+                self.send_sync(t, &peer);
+            } else {
+                // Due but not possible now (one in flight, nobody alive): look again soon.
+                self.next_sync = now + SYNC_RECHECK;
+            }
         }
-        if !self.caught_up && alive.is_empty() && now.duration_since(self.started) >= ALONE_GRACE {
-            self.caught_up = true;
-            info!(server = %self.cfg.name, "no live peer to catch up from; serving what we have");
+        if !self.caught_up && now.saturating_duration_since(self.started) >= ALONE_GRACE {
+            self.grace_over = true;
+            if alive.is_empty() {
+                self.caught_up = true;
+                info!(server = %self.cfg.name, "no live peer to catch up from; serving what we have");
+            }
         }
         // The broker link.
         if self.broker.registered && now >= self.broker.next_heartbeat {
@@ -1303,15 +1324,18 @@ impl ServerCore {
         }
     }
 
-    fn send_sync(&mut self, t: Time, peer: &str) {
+    /// Asks `peer` for what we miss; false if the request could not be queued.
+    fn send_sync(&mut self, t: Time, peer: &str) -> bool {
         let req = Request::Sync {
             from: self.cfg.name.clone(),
             vector: vector_of(&self.node),
             limit: DEFAULT_SYNC_LIMIT,
         };
-        if self.send_peer(t, peer, req, Pending::Sync) {
+        let sent = self.send_peer(t, peer, req, Pending::Sync);
+        if sent {
             self.sync_inflight = Some(peer.to_string());
         }
+        sent
     }
 
     /// Queues `request` to `peer` now; false if the peer is unknown or saturated.

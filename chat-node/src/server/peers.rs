@@ -84,11 +84,17 @@ impl Peers {
     }
 
     /// Sets the peers from the reference's list (without ourselves). A link whose endpoint
-    /// changed starts afresh (its pending requests are forgotten); peers no longer listed
-    /// are dropped unless named in `keep` (peers still answering us: a reference that just
-    /// restarted lists servers as they come back). Returns whether anything changed.
-    pub fn update(&mut self, peers: &[(String, u64, String)], keep: &[String]) -> bool {
+    /// changed starts afresh; peers no longer listed are dropped unless named in `keep`
+    /// (peers still answering us: a reference that just restarted lists servers as they
+    /// come back). Returns whether anything changed, and the pending requests forgotten on
+    /// the way (their answers can no longer arrive).
+    pub fn update(
+        &mut self,
+        peers: &[(String, u64, String)],
+        keep: &[String],
+    ) -> (bool, Vec<(String, Pending)>) {
         let mut changed = false;
+        let mut forgotten = Vec::new();
         for (name, rank, endpoint) in peers {
             match self.links.get_mut(name) {
                 Some(l) if &l.endpoint == endpoint => {
@@ -97,7 +103,7 @@ impl Peers {
                 }
                 _ => {
                     tracing::debug!(peer = %name, %endpoint, "peer link opened");
-                    self.links.insert(
+                    let old = self.links.insert(
                         name.clone(),
                         PeerLink {
                             name: name.clone(),
@@ -106,19 +112,28 @@ impl Peers {
                             pending: BTreeMap::new(),
                         },
                     );
+                    if let Some(old) = old {
+                        forgotten.extend(old.pending.into_values().map(|(k, _)| (name.clone(), k)));
+                    }
                     self.generation += 1;
                     changed = true;
                 }
             }
         }
-        let before = self.links.len();
-        self.links
-            .retain(|n, _| peers.iter().any(|(p, _, _)| p == n) || keep.contains(n));
-        if before != self.links.len() {
-            self.generation += 1;
-            changed = true;
+        let gone: Vec<String> = self
+            .links
+            .keys()
+            .filter(|n| !peers.iter().any(|(p, _, _)| p == *n) && !keep.contains(n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(old) = self.links.remove(&name) {
+                forgotten.extend(old.pending.into_values().map(|(k, _)| (name.clone(), k)));
+                self.generation += 1;
+                changed = true;
+            }
         }
-        changed
+        (changed, forgotten)
     }
 
     /// Registers a request of `kind` to `peer`, due by `now` + [`PEER_REQUEST_TIMEOUT`];
@@ -240,20 +255,25 @@ mod tests {
         let t0 = Instant::now();
         let mut p = table();
         let g = p.generation();
-        p.start("b", Pending::Ping, t0).unwrap();
-        assert!(!p.update(
-            &[
-                ("b".into(), 2, "tcp://b".into()),
-                ("c".into(), 3, "tcp://c".into())
-            ],
-            &[]
-        ));
+        p.start("b", Pending::Sync, t0).unwrap();
+        p.start("c", Pending::Ping, t0).unwrap();
+        let same = [
+            ("b".into(), 2, "tcp://b".into()),
+            ("c".into(), 3, "tcp://c".into()),
+        ];
+        assert_eq!(p.update(&same, &[]), (false, vec![]));
         assert_eq!(p.generation(), g);
-        assert!(p.update(&[("b".into(), 2, "tcp://b2".into())], &["c".into()]));
+        // b moves: its pending sync is forgotten (and reported); c is kept while unlisted.
+        let (changed, forgotten) = p.update(&[("b".into(), 2, "tcp://b2".into())], &["c".into()]);
+        assert!(changed);
+        assert_eq!(forgotten, vec![("b".to_string(), Pending::Sync)]);
         assert!(p.generation() > g);
         assert_eq!(p.names(), vec!["b".to_string(), "c".to_string()]);
-        assert!(p.expired(t0 + PEER_REQUEST_TIMEOUT).is_empty(), "reset");
-        assert!(p.update(&[("b".into(), 2, "tcp://b2".into())], &[]));
+        // c goes: its pending ping is reported too.
+        let (changed, forgotten) = p.update(&[("b".into(), 2, "tcp://b2".into())], &[]);
+        assert!(changed);
+        assert_eq!(forgotten, vec![("c".to_string(), Pending::Ping)]);
         assert_eq!(p.names(), vec!["b".to_string()]);
+        assert!(p.expired(t0 + PEER_REQUEST_TIMEOUT).is_empty());
     }
 }

@@ -1,0 +1,169 @@
+//! The rules a run must keep, checked once the faults are healed and the cluster settled.
+//! (Rules that hold at every step are checked as the run goes: no reply before its write is
+//! durable, one coordinator per term, the broker's invariants.)
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chat_node::server::{ServerCore, Time};
+use chat_store::export::seed_files;
+
+use crate::client::{Acked, Write};
+use crate::disk::SharedDisk;
+use crate::world::CLOCK_BOUND_MS;
+
+/// What the checkers see of one server.
+pub struct ServerView<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its core (state in memory).
+    pub core: &'a ServerCore,
+    /// Its time now.
+    pub time: Time,
+    /// Its disk.
+    pub disk: SharedDisk,
+}
+
+/// Every rule broken, as (rule, detail).
+pub fn final_checks(
+    servers: &[ServerView<'_>],
+    acked: &BTreeMap<String, Acked>,
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if servers.is_empty() {
+        return out;
+    }
+    // Identical history everywhere: same events, same visible content.
+    let first = &servers[0];
+    let digest = first.core.node().state().digest();
+    let vector = first.core.status(first.time).vector;
+    for s in &servers[1..] {
+        let st = s.core.status(s.time);
+        if st.digest != digest || st.vector != vector {
+            out.push((
+                "identical history",
+                format!(
+                    "{} has digest {} and vector {:?}; {} has {} and {:?}",
+                    first.name, digest, vector, s.name, st.digest, st.vector
+                ),
+            ));
+        }
+    }
+    for s in servers {
+        if !s.core.is_caught_up() || !s.core.is_serving() {
+            out.push((
+                "all serve after heal",
+                format!(
+                    "{} caught up: {}, serving: {}",
+                    s.name,
+                    s.core.is_caught_up(),
+                    s.core.is_serving()
+                ),
+            ));
+        }
+    }
+    for s in servers {
+        out.extend(check_server(s, acked));
+    }
+    // Clocks converge: the physical clocks (OS clock plus offset) of all servers.
+    let clocks: Vec<i64> = servers
+        .iter()
+        .map(|s| s.time.wall_ms + s.core.clock_offset_ms())
+        .collect();
+    let (lo, hi) = (
+        clocks.iter().min().copied().unwrap_or(0),
+        clocks.iter().max().copied().unwrap_or(0),
+    );
+    if hi - lo > CLOCK_BOUND_MS {
+        out.push((
+            "clocks converge",
+            format!(
+                "physical clocks spread over {} ms (bound {CLOCK_BOUND_MS} ms): {:?}",
+                hi - lo,
+                servers
+                    .iter()
+                    .zip(&clocks)
+                    .map(|(s, c)| (s.name, c - lo))
+                    .collect::<Vec<_>>()
+            ),
+        ));
+    }
+    out
+}
+
+/// The rules one server keeps on its own: every acknowledged write present exactly once,
+/// in memory and in what an export of its disk would write.
+fn check_server(
+    s: &ServerView<'_>,
+    acked: &BTreeMap<String, Acked>,
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let state = s.core.node().state();
+    let disk = s.disk.borrow();
+    let files = match seed_files(disk.store()) {
+        Ok(f) => f,
+        Err(e) => {
+            out.push(("export", format!("{}: {e}", s.name)));
+            return out;
+        }
+    };
+    // Exactly once in the export: texts are unique per run, so a text seen twice is a
+    // write shown twice.
+    let mut posts: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in &files.publications {
+        *posts.entry(p.message.as_str()).or_default() += 1;
+    }
+    let mut messages: BTreeMap<&str, usize> = BTreeMap::new();
+    for m in &files.messages {
+        *messages.entry(m.message.as_str()).or_default() += 1;
+    }
+    for (text, n) in posts.iter().chain(messages.iter()) {
+        if *n > 1 {
+            out.push((
+                "exactly once",
+                format!("{}: `{text}` is exported {n} times", s.name),
+            ));
+        }
+    }
+    // History (in memory) and export (from disk) show the same posts.
+    let in_memory: BTreeSet<&str> = state.all_posts().map(|p| p.message.as_str()).collect();
+    let exported: BTreeSet<&str> = posts.keys().copied().collect();
+    if in_memory != exported {
+        out.push((
+            "history equals export",
+            format!(
+                "{}: {} posts in history, {} exported; first difference {:?}",
+                s.name,
+                in_memory.len(),
+                exported.len(),
+                in_memory.symmetric_difference(&exported).next()
+            ),
+        ));
+    }
+    let users: BTreeSet<&str> = files.users.keys().map(String::as_str).collect();
+    let channels: BTreeSet<&str> = files.channels.iter().map(String::as_str).collect();
+    for (rid, a) in acked {
+        if state.event_for_request(rid).is_none() {
+            out.push((
+                "acknowledged writes kept",
+                format!("{}: acknowledged {rid} ({:?}) is missing", s.name, a.write),
+            ));
+            continue;
+        }
+        let present = match &a.write {
+            Write::Login(u) => users.contains(u.as_str()),
+            Write::Channel(c) => channels.contains(c.as_str()),
+            Write::Publish { text, .. } => posts.get(text.as_str()) == Some(&1),
+            Write::Message { text, .. } => messages.get(text.as_str()) == Some(&1),
+        };
+        if !present {
+            out.push((
+                "acknowledged writes kept",
+                format!(
+                    "{}: acknowledged {rid} ({:?}) is not exported exactly once",
+                    s.name, a.write
+                ),
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,212 @@
+//! A deterministic whole-cluster simulator: the real protocol cores of `chat-node` (servers,
+//! broker, reference) with simulated clients, network, disks and clocks, in one thread,
+//! driven by one seeded random number generator.
+//!
+//! A run has a fault phase, during which the seed's mix of faults is injected (message
+//! loss, duplication, reordering and delay; symmetric and one-way partitions; `kill -9`
+//! and restart of servers, broker, proxy and reference; power loss of one or all servers,
+//! which drops what their disks had not synced; pauses; clock skew and jumps; slow and
+//! stalled disks), then a heal (everything restarted, resumed and reconnected) and a
+//! settling phase, then the final checks. Rules checked as the run goes and at the end:
+//!
+//! - no client hears OK for a write that no disk holds (a reply never reveals a write that
+//!   is not durable);
+//! - at most one coordinator per term;
+//! - the broker's invariants after every step;
+//! - after the heal: every server runs, is caught up and serves; identical history (digest
+//!   and version vector) everywhere; every acknowledged write present exactly once, in
+//!   memory and in what an export would write; history and export agree; physical clocks
+//!   within [`world::CLOCK_BOUND_MS`] of each other;
+//! - requests sent well after the heal get answers.
+//!
+//! The same seed replays the same run, event for event: a failing seed is a reproducible
+//! bug report (`chat-sim --seed S --trace`).
+//!
+//! # Layout
+//! - [`world`]: virtual time, the event queue, the processes and how messages are routed.
+//! - [`net`]: partitions and what happens to a message on the way.
+//! - [`disk`]: a disk whose volatile cache a power loss drops.
+//! - [`faults`]: the per-seed fault mix (swarm testing) and its schedule.
+//! - [`client`]: SDK-like clients (request ids, Lazy Pirate retries).
+//! - [`check`]: the final checkers.
+//! - [`logs`]: the cores' log lines, captured into the trace with virtual times.
+
+#![warn(missing_docs)]
+
+pub mod check;
+pub mod client;
+pub mod disk;
+pub mod faults;
+pub mod logs;
+pub mod net;
+pub mod world;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What a run looks like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Chat servers.
+    pub servers: usize,
+    /// Simulated clients.
+    pub clients: usize,
+    /// Length of the fault phase (virtual time).
+    pub fault_phase: Duration,
+    /// Length of the settling phase after the heal (virtual time).
+    pub settle: Duration,
+    /// Inject faults (off: a healthy run).
+    pub faults: bool,
+    /// Keep a trace of what happened.
+    pub trace: bool,
+    /// Stop at the first violation.
+    pub stop_at_first: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            servers: 3,
+            clients: 3,
+            fault_phase: Duration::from_secs(10),
+            settle: Duration::from_secs(14),
+            faults: true,
+            trace: false,
+            stop_at_first: true,
+        }
+    }
+}
+
+/// A rule broken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// When (virtual time).
+    pub at: Duration,
+    /// Which rule.
+    pub rule: &'static str,
+    /// What was seen.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "at {:.3} s: {}: {}",
+            self.at.as_secs_f64(),
+            self.rule,
+            self.detail
+        )
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events processed.
+    pub events: u64,
+    /// Messages sent.
+    pub messages: u64,
+    /// Messages lost by the network.
+    pub lost: u64,
+    /// Messages delivered twice.
+    pub duplicated: u64,
+    /// Messages cut off by partitions.
+    pub blocked: u64,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u32>,
+    /// Writes acknowledged to clients.
+    pub acked: u64,
+    /// Requests that got no answer after every retry.
+    pub gave_up: u64,
+    /// Request ids accepted twice (stored as two events; one visible), on the worst server.
+    pub twice_accepted: u64,
+    /// Client requests dropped by servers whose broker lease ran out.
+    pub fenced: u64,
+    /// Requests the (last) broker re-dispatched.
+    pub redispatched: u64,
+    /// Election terms announced.
+    pub terms: u64,
+    /// Virtual time simulated.
+    pub virtual_time: Duration,
+    /// The fault mix of the seed.
+    pub swarm: String,
+}
+
+/// The result of one run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The seed.
+    pub seed: u64,
+    /// Rules broken (empty: the run passed).
+    pub violations: Vec<Violation>,
+    /// What happened.
+    pub stats: Stats,
+    /// The trace, when asked for.
+    pub trace: Vec<String>,
+}
+
+impl Outcome {
+    /// Whether every rule held.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Runs seed `seed`.
+pub fn run(seed: u64, opts: &Options) -> Outcome {
+    world::World::new(seed, opts).run(seed)
+}
+
+/// What many runs did together.
+#[derive(Debug, Clone, Default)]
+pub struct Sweep {
+    /// Runs made.
+    pub runs: u64,
+    /// The runs that broke a rule.
+    pub failures: Vec<Outcome>,
+    /// Faults injected, by kind, over all runs.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Events processed over all runs.
+    pub events: u64,
+    /// Messages sent, lost and duplicated over all runs.
+    pub messages: (u64, u64, u64),
+    /// Writes acknowledged over all runs.
+    pub acked: u64,
+    /// Request ids accepted twice (one copy visible), over all runs.
+    pub twice_accepted: u64,
+    /// Requests dropped by fenced servers, over all runs.
+    pub fenced: u64,
+    /// Virtual time simulated over all runs.
+    pub virtual_time: Duration,
+}
+
+impl Sweep {
+    /// Adds one run.
+    pub fn add(&mut self, o: Outcome) {
+        self.runs += 1;
+        for (k, n) in &o.stats.faults {
+            *self.faults.entry(k).or_default() += u64::from(*n);
+        }
+        self.events += o.stats.events;
+        self.messages.0 += o.stats.messages;
+        self.messages.1 += o.stats.lost;
+        self.messages.2 += o.stats.duplicated;
+        self.acked += o.stats.acked;
+        self.twice_accepted += o.stats.twice_accepted;
+        self.fenced += o.stats.fenced;
+        self.virtual_time += o.stats.virtual_time;
+        if !o.passed() {
+            self.failures.push(o);
+        }
+    }
+}
+
+/// Runs every seed of `seeds`.
+pub fn sweep(seeds: impl IntoIterator<Item = u64>, opts: &Options) -> Sweep {
+    let mut s = Sweep::default();
+    for seed in seeds {
+        s.add(run(seed, opts));
+    }
+    s
+}
