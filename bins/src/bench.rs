@@ -1324,7 +1324,7 @@ impl Cluster {
         let sd = cluster.infra.clone();
         let ((xsub, xpub), thread) = spawn_bound(
             "bench-proxy",
-            zmq::Context::new(),
+            chat_net::Context::new(),
             move |ctx| {
                 let cfg = ProxyConfig {
                     xsub: loopback(),
@@ -1344,7 +1344,7 @@ impl Cluster {
         let sd = cluster.infra.clone();
         let ((frontend, backend), thread) = spawn_bound(
             "bench-broker",
-            zmq::Context::new(),
+            chat_net::Context::new(),
             move |ctx| {
                 let cfg = BrokerConfig {
                     frontend: loopback(),
@@ -1368,7 +1368,7 @@ impl Cluster {
         let sd = cluster.infra.clone();
         let (reference, thread) = spawn_bound(
             "bench-reference",
-            zmq::Context::new(),
+            chat_net::Context::new(),
             move |ctx| {
                 let cfg = ReferenceConfig {
                     bind: loopback(),
@@ -1423,7 +1423,7 @@ impl Cluster {
             let shutdown = Shutdown::new();
             let sd = shutdown.clone();
             let thread = spawn(format!("bench-{name}"), move || {
-                let ctx = zmq::Context::new();
+                let ctx = chat_net::Context::new();
                 if let Err(e) = run_server(&ctx, &cfg, store, &sd) {
                     tracing::error!(server = %cfg.name, error = %e, "bench server failed");
                 }
@@ -1438,10 +1438,10 @@ impl Cluster {
 /// Starts a component on a thread `name` with `ctx` (a context without sockets yet):
 /// `bind` runs there, so libzmq's I/O threads are started by, and named after, that thread;
 /// its endpoints come back here, then `serve` runs until the component stops.
-fn spawn_bound<E: Send + 'static, C>(
+fn spawn_bound<E: Send + 'static, C, X: Send + 'static>(
     name: &str,
-    ctx: zmq::Context,
-    bind: impl FnOnce(&zmq::Context) -> zmq::Result<(E, C)> + Send + 'static,
+    ctx: X,
+    bind: impl FnOnce(&X) -> zmq::Result<(E, C)> + Send + 'static,
     serve: impl FnOnce(C) + Send + 'static,
 ) -> anyhow::Result<(E, JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::bounded(1);

@@ -406,7 +406,8 @@ impl std::fmt::Debug for Reference {
 
 impl Reference {
     /// Creates and binds the ROUTER socket.
-    pub fn bind(ctx: &zmq::Context, cfg: &ReferenceConfig) -> zmq::Result<Reference> {
+    pub fn bind(ctx: &crate::Context, cfg: &ReferenceConfig) -> zmq::Result<Reference> {
+        let ctx = ctx.zmq();
         let socket = sockets::socket(ctx, zmq::ROUTER, sockets::REQUEST_HWM)?;
         socket.set_router_mandatory(true)?;
         socket.set_maxmsgsize(sockets::MAX_MSG_SIZE)?;
@@ -486,7 +487,7 @@ impl Reference {
 /// Binds the reference, reports the real endpoint on `bound` (if given), and serves until
 /// `shutdown` is raised.
 pub fn run_reference(
-    ctx: &zmq::Context,
+    ctx: &crate::Context,
     cfg: &ReferenceConfig,
     shutdown: &Shutdown,
     bound: Option<crossbeam_channel::Sender<String>>,

@@ -97,9 +97,10 @@ struct Infra {
 impl Infra {
     fn start() -> Infra {
         let ctx = zmq::Context::new();
+        let net = chat_net::Context::new();
         let any = "tcp://127.0.0.1:*".to_string();
         let broker = Broker::bind(
-            &ctx,
+            &net,
             &BrokerConfig {
                 frontend: any.clone(),
                 backend: any.clone(),
@@ -112,7 +113,7 @@ impl Infra {
             broker.backend_endpoint().to_string(),
         );
         let proxy = Proxy::bind(
-            &ctx,
+            &net,
             &ProxyConfig {
                 xsub: any.clone(),
                 xpub: any.clone(),
@@ -124,7 +125,7 @@ impl Infra {
             proxy.xpub_endpoint().to_string(),
         );
         let reference = Reference::bind(
-            &ctx,
+            &net,
             &ReferenceConfig {
                 bind: any,
                 ..ReferenceConfig::default()
@@ -146,7 +147,7 @@ impl Infra {
             ..ServerConfig::new("server-1")
         };
         let server_shutdown = Shutdown::new();
-        let (sctx, sd) = (ctx.clone(), server_shutdown.clone());
+        let (sctx, sd) = (net.clone(), server_shutdown.clone());
         let server = std::thread::spawn(move || {
             run_server(
                 &sctx,

@@ -104,7 +104,7 @@ struct RunningServer {
 /// Broker, proxy and servers running on threads.
 pub struct TestCluster {
     /// The context every component of the cluster uses.
-    pub ctx: zmq::Context,
+    pub ctx: chat_net::Context,
     /// Broker endpoint for clients.
     pub frontend: String,
     /// Broker endpoint for servers.
@@ -132,7 +132,7 @@ impl TestCluster {
     /// Like [`TestCluster::start`], with a reference service when `reference` is set (the
     /// servers then find each other, elect, acknowledge through peers and catch up).
     pub fn start_with(n: usize, reference: bool) -> TestCluster {
-        let ctx = zmq::Context::new();
+        let ctx = chat_net::Context::new();
         let infra = Shutdown::new();
         let (ptx, prx) = crossbeam_channel::bounded(1);
         let (btx, brx) = crossbeam_channel::bounded(1);
