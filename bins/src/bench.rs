@@ -67,11 +67,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use chat_core::ratelimit::RateLimit;
 use chat_core::{ErrorCode, HistoryTarget};
-use chat_net::broker::{Broker, BrokerConfig};
 use chat_net::client::{Client, ClientConfig, ClientError, ClientEvent, Subscriber};
-use chat_net::proxy::{Proxy, ProxyConfig};
-use chat_net::reference::{Reference, ReferenceConfig};
-use chat_net::server::{run_server, ServerConfig};
+use chat_net::cluster::Cluster;
 use chat_net::{sockets, Shutdown};
 use chat_store::{HookedStore, MemoryStore, SqliteStore, Store};
 use clap::{Args, Parser, ValueEnum};
@@ -1288,151 +1285,63 @@ fn spawn<T: Send + 'static>(
 // ---------------------------------------------------------------------------------------
 // The chat cluster and its load.
 
-/// Proxy, broker, reference and servers on threads of this process, stopped on drop.
-struct Cluster {
-    frontend: String,
-    xpub: String,
-    infra: Shutdown,
-    infra_threads: Vec<JoinHandle<()>>,
-    servers: Vec<(Shutdown, JoinHandle<()>)>,
+/// The in-process cluster of a run and its SQLite directory, removed once the cluster has
+/// stopped (fields drop in order).
+struct InProcess {
+    cluster: Cluster,
     _dir: Option<tempfile::TempDir>,
 }
 
-impl Cluster {
-    fn start(args: &BenchArgs) -> anyhow::Result<Cluster> {
-        let loopback = || "tcp://127.0.0.1:*".to_string();
-        let dir = match args.store {
-            StoreKind::Memory => None,
-            StoreKind::Sqlite => Some(
-                match &args.data_dir {
-                    Some(parent) => tempfile::Builder::new()
-                        .prefix("chat-bench-")
-                        .tempdir_in(parent),
-                    None => tempfile::Builder::new().prefix("chat-bench-").tempdir(),
-                }
-                .context("creating the temporary data directory")?,
-            ),
-        };
-        let mut cluster = Cluster {
-            frontend: String::new(),
-            xpub: String::new(),
-            infra: Shutdown::new(),
-            infra_threads: Vec::new(),
-            servers: Vec::new(),
-            _dir: None,
-        };
-        let sd = cluster.infra.clone();
-        let ((xsub, xpub), thread) = spawn_bound(
-            "bench-proxy",
-            chat_net::Context::new(),
-            move |ctx| {
-                let cfg = ProxyConfig {
-                    xsub: loopback(),
-                    xpub: loopback(),
-                };
-                let p = Proxy::bind(ctx, &cfg)?;
-                let endpoints = (p.xsub_endpoint().to_string(), p.xpub_endpoint().to_string());
-                Ok((endpoints, p))
-            },
-            move |p: Proxy| {
-                if let Err(e) = p.run(&sd) {
-                    tracing::error!(error = %e, "bench proxy failed");
-                }
-            },
-        )?;
-        cluster.infra_threads.push(thread);
-        let sd = cluster.infra.clone();
-        let ((frontend, backend), thread) = spawn_bound(
-            "bench-broker",
-            chat_net::Context::new(),
-            move |ctx| {
-                let cfg = BrokerConfig {
-                    frontend: loopback(),
-                    backend: loopback(),
-                    ..BrokerConfig::default()
-                };
-                let b = Broker::bind(ctx, &cfg)?;
-                let endpoints = (
-                    b.frontend_endpoint().to_string(),
-                    b.backend_endpoint().to_string(),
-                );
-                Ok((endpoints, b))
-            },
-            move |b: Broker| {
-                if let Err(e) = b.run(&sd) {
-                    tracing::error!(error = %e, "bench broker failed");
-                }
-            },
-        )?;
-        cluster.infra_threads.push(thread);
-        let sd = cluster.infra.clone();
-        let (reference, thread) = spawn_bound(
-            "bench-reference",
-            chat_net::Context::new(),
-            move |ctx| {
-                let cfg = ReferenceConfig {
-                    bind: loopback(),
-                    ..ReferenceConfig::default()
-                };
-                let r = Reference::bind(ctx, &cfg)?;
-                Ok((r.endpoint().to_string(), r))
-            },
-            move |r: Reference| {
-                if let Err(e) = r.run(&sd) {
-                    tracing::error!(error = %e, "bench reference failed");
-                }
-            },
-        )?;
-        cluster.infra_threads.push(thread);
-        cluster.frontend = frontend;
-        cluster.xpub = xpub.clone();
-        for i in 1..=args.servers {
-            let name = format!("server-{i}");
-            let mut store: Box<dyn Store> = match &dir {
+/// Starts proxy, broker, reference and `--servers` servers on threads of this process.
+fn start_cluster(args: &BenchArgs) -> anyhow::Result<InProcess> {
+    let dir = match args.store {
+        StoreKind::Memory => None,
+        StoreKind::Sqlite => Some(
+            match &args.data_dir {
+                Some(parent) => tempfile::Builder::new()
+                    .prefix("chat-bench-")
+                    .tempdir_in(parent),
+                None => tempfile::Builder::new().prefix("chat-bench-").tempdir(),
+            }
+            .context("creating the temporary data directory")?,
+        ),
+    };
+    let path = dir.as_ref().map(|d| d.path().to_path_buf());
+    let delay = args.commit_delay;
+    let (rate_limit, inline_commit) = (args.rate_limit, args.inline_commit);
+    let (ack_replicas, window) = (args.ack_replicas, args.replicate_window);
+    let cluster = Cluster::builder()
+        .servers(args.servers)
+        .reference(true)
+        .thread_prefix("bench")
+        .stores(move |name| {
+            let mut store: Box<dyn Store> = match &path {
                 None => Box::new(MemoryStore::default()),
-                Some(d) => Box::new(
-                    SqliteStore::open(&d.path().join(&name))
-                        .with_context(|| format!("opening the store of {name}"))?,
-                ),
+                Some(d) => Box::new(SqliteStore::open(&d.join(name))?),
             };
-            if !args.commit_delay.is_zero() {
+            if !delay.is_zero() {
                 // A slower disk: every commit takes that much longer.
-                let delay = args.commit_delay;
                 store = Box::new(HookedStore::new(
                     store,
                     Box::new(move |_| std::thread::sleep(delay)),
                 ));
             }
-            let cfg = ServerConfig {
-                broker: backend.clone(),
-                publish: xsub.clone(),
-                subscribe: xpub.clone(),
-                reference: Some(reference.clone()),
-                rate_limit: match args.rate_limit {
-                    0 => RateLimit::disabled(),
-                    n => RateLimit::new(n, n.saturating_mul(2)),
-                },
-                inline_commit: args.inline_commit,
-                replication: chat_sync::ReplicationConfig {
-                    ack_replicas: args.ack_replicas,
-                    window: args.replicate_window,
-                    ..chat_sync::ReplicationConfig::default()
-                },
-                ..ServerConfig::new(name.clone())
+            Ok(store)
+        })
+        .configure(move |cfg| {
+            cfg.rate_limit = match rate_limit {
+                0 => RateLimit::disabled(),
+                n => RateLimit::new(n, n.saturating_mul(2)),
             };
-            let shutdown = Shutdown::new();
-            let sd = shutdown.clone();
-            let thread = spawn(format!("bench-{name}"), move || {
-                let ctx = chat_net::Context::new();
-                if let Err(e) = run_server(&ctx, &cfg, store, &sd) {
-                    tracing::error!(server = %cfg.name, error = %e, "bench server failed");
-                }
-            })?;
-            cluster.servers.push((shutdown, thread));
-        }
-        cluster._dir = dir;
-        Ok(cluster)
-    }
+            cfg.inline_commit = inline_commit;
+            cfg.replication = chat_sync::ReplicationConfig {
+                ack_replicas,
+                window,
+                ..chat_sync::ReplicationConfig::default()
+            };
+        })
+        .start()?;
+    Ok(InProcess { cluster, _dir: dir })
 }
 
 /// Starts a component on a thread `name` with `ctx` (a context without sockets yet):
@@ -1461,21 +1370,6 @@ fn spawn_bound<E: Send + 'static, C, X: Send + 'static>(
             Err(anyhow::Error::new(e).context(format!("binding {name}")))
         }
         Err(_) => bail!("{name} did not bind within {SETUP_DEADLINE:?}"),
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for (sd, _) in &self.servers {
-            sd.trigger();
-        }
-        for (_, t) in self.servers.drain(..) {
-            let _ = t.join();
-        }
-        self.infra.trigger();
-        for t in self.infra_threads.drain(..) {
-            let _ = t.join();
-        }
     }
 }
 
@@ -1589,11 +1483,14 @@ fn run_chat(
                 args.servers,
                 args.store.as_str()
             ));
-            Some(Cluster::start(args)?)
+            Some(start_cluster(args)?)
         }
     };
     let (broker, sub) = match (&cluster, &args.broker, &args.sub) {
-        (Some(c), _, _) => (c.frontend.clone(), c.xpub.clone()),
+        (Some(c), _, _) => {
+            let endpoints = c.cluster.endpoints();
+            (endpoints.frontend.clone(), endpoints.xpub.clone())
+        }
         (None, Some(b), Some(s)) => (b.clone(), s.clone()),
         _ => bail!("--broker and --sub go together"),
     };

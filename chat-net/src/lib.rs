@@ -11,6 +11,8 @@
 //! - [`client`]: the client SDK: typed requests with Lazy Pirate retries, exact-topic
 //!   subscriptions delivered over a `crossbeam-channel`.
 //! - [`sockets`]: socket options applied everywhere (linger, high-water marks).
+//! - [`cluster`]: a whole cluster on threads of one process, on OS-chosen loopback ports
+//!   (for `chat-bench`, examples and tests).
 //!
 //! Every long-running piece takes a [`Shutdown`] flag and returns when it is raised, and
 //! creates its sockets in a [`Context`] (ZeroMQ's, kept opaque so callers need no `zmq`).
@@ -21,6 +23,7 @@ use std::sync::Arc;
 pub mod backend;
 pub mod broker;
 pub mod client;
+pub mod cluster;
 pub mod proxy;
 pub mod reference;
 pub mod server;
