@@ -67,9 +67,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use chat_core::ratelimit::RateLimit;
 use chat_core::{ErrorCode, HistoryTarget};
+use chat_net::baseline::{EchoClient, EchoService};
 use chat_net::client::{Client, ClientConfig, ClientError, ClientEvent, Subscriber};
 use chat_net::cluster::Cluster;
-use chat_net::{sockets, Shutdown};
+use chat_net::Shutdown;
 use chat_store::{HookedStore, MemoryStore, SqliteStore, Store};
 use clap::{Args, Parser, ValueEnum};
 use hdrhistogram::Histogram;
@@ -94,9 +95,7 @@ pub const CLOCK_TICKS: f64 = 100.0;
 pub const MAX_THREADS: usize = 4096;
 /// Posts asked for by one `history` request of the mix.
 pub const HISTORY_LIMIT: u32 = 20;
-/// How long a baseline REQ client waits for its echo before counting a `timeout`.
-const BASELINE_TIMEOUT: Duration = Duration::from_secs(3);
-/// How often baseline workers and subscriber loops look at their stop flags.
+/// How often subscriber loops look at their stop flags.
 const POLL: Duration = Duration::from_millis(50);
 /// Longest latency the histograms hold, in nanoseconds (longer ones are recorded as this).
 const MAX_LATENCY_NS: u64 = 60_000_000_000;
@@ -1344,35 +1343,6 @@ fn start_cluster(args: &BenchArgs) -> anyhow::Result<InProcess> {
     Ok(InProcess { cluster, _dir: dir })
 }
 
-/// Starts a component on a thread `name` with `ctx` (a context without sockets yet):
-/// `bind` runs there, so libzmq's I/O threads are started by, and named after, that thread;
-/// its endpoints come back here, then `serve` runs until the component stops.
-fn spawn_bound<E: Send + 'static, C, X: Send + 'static>(
-    name: &str,
-    ctx: X,
-    bind: impl FnOnce(&X) -> zmq::Result<(E, C)> + Send + 'static,
-    serve: impl FnOnce(C) + Send + 'static,
-) -> anyhow::Result<(E, JoinHandle<()>)> {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let thread = spawn(name.to_string(), move || match bind(&ctx) {
-        Ok((endpoints, component)) => {
-            let _ = tx.send(Ok(endpoints));
-            serve(component);
-        }
-        Err(e) => {
-            let _ = tx.send(Err(e));
-        }
-    })?;
-    match rx.recv_timeout(SETUP_DEADLINE) {
-        Ok(Ok(endpoints)) => Ok((endpoints, thread)),
-        Ok(Err(e)) => {
-            let _ = thread.join();
-            Err(anyhow::Error::new(e).context(format!("binding {name}")))
-        }
-        Err(_) => bail!("{name} did not bind within {SETUP_DEADLINE:?}"),
-    }
-}
-
 /// The tag of a bench publication: phase, run, client, sequence number.
 fn write_body(body: &mut String, phase: char, run: u32, client: u16, seq: u32, size: usize) {
     body.clear();
@@ -1825,84 +1795,6 @@ struct BaselineOutcome {
     interrupted: bool,
 }
 
-/// The steerable proxy thread; sends `TERMINATE` and joins on drop.
-struct SteeredProxy {
-    control: zmq::Socket,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for SteeredProxy {
-    fn drop(&mut self) {
-        let _ = self.control.send(&b"TERMINATE"[..], 0);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Worker threads with a stop flag; raised and joined on drop.
-struct Workers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-fn echo_worker(backend: &str, stop: &AtomicBool) -> zmq::Result<()> {
-    let ctx = zmq::Context::new();
-    let socket = sockets::socket(&ctx, zmq::REP, sockets::REQUEST_HWM)?;
-    socket.connect(backend)?;
-    let mut msg = zmq::Message::new();
-    while !stop.load(Ordering::Acquire) {
-        match socket.poll(zmq::POLLIN, POLL.as_millis() as i64) {
-            Ok(0) | Err(zmq::Error::EINTR) => continue,
-            Ok(_) => {}
-            Err(e) => return Err(e),
-        }
-        socket.recv(&mut msg, 0)?;
-        socket.send(&msg[..], 0)?;
-    }
-    Ok(())
-}
-
-/// One REQ round trip; on silence the socket is dropped (Lazy Pirate) and `timeout` counted.
-fn echo_round_trip(
-    ctx: &zmq::Context,
-    socket: &mut Option<zmq::Socket>,
-    frontend: &str,
-    payload: &[u8],
-) -> Result<(), String> {
-    let code = |_: zmq::Error| ErrorCode::Unavailable.as_str().to_string();
-    let s = match socket.take() {
-        Some(s) => s,
-        None => {
-            let s = sockets::socket(ctx, zmq::REQ, sockets::REQUEST_HWM).map_err(code)?;
-            s.connect(frontend).map_err(code)?;
-            s
-        }
-    };
-    s.send(payload, 0).map_err(code)?;
-    if s.poll(zmq::POLLIN, BASELINE_TIMEOUT.as_millis() as i64)
-        .map_err(code)?
-        == 0
-    {
-        return Err(ErrorCode::Timeout.as_str().to_string());
-    }
-    let reply = s.recv_bytes(0).map_err(code)?;
-    *socket = Some(s);
-    if reply.len() != payload.len() {
-        return Err("bad_reply".to_string());
-    }
-    Ok(())
-}
-
 fn run_baseline(
     args: &BenchArgs,
     stop: &Shutdown,
@@ -1913,49 +1805,8 @@ fn run_baseline(
         "baseline: zmq::proxy ROUTER/DEALER, {} echo workers, {} REQ clients, {} B",
         args.servers, args.clients, args.size
     ));
-    let ctx = zmq::Context::new();
-    let loopback = "tcp://127.0.0.1:*";
-    let control_addr = format!("inproc://chat-bench-proxy-{:016x}", rand::random::<u64>());
-    let addr = control_addr.clone();
-    let ((frontend, backend), thread) = spawn_bound(
-        "bench-zmq-proxy",
-        ctx.clone(),
-        move |ctx| {
-            let front = sockets::socket(ctx, zmq::ROUTER, sockets::REQUEST_HWM)?;
-            let frontend = sockets::bind(&front, loopback)?;
-            let back = sockets::socket(ctx, zmq::DEALER, sockets::REQUEST_HWM)?;
-            let backend = sockets::bind(&back, loopback)?;
-            let control = sockets::socket(ctx, zmq::PAIR, 16)?;
-            control.bind(&addr)?;
-            Ok(((frontend, backend), (front, back, control)))
-        },
-        |(mut front, mut back, mut control)| {
-            if let Err(e) = zmq::proxy_steerable(&mut front, &mut back, &mut control) {
-                tracing::error!(error = %e, "baseline proxy failed");
-            }
-        },
-    )?;
-    let steer = sockets::socket(&ctx, zmq::PAIR, 16)?;
-    steer.connect(&control_addr)?;
-    let proxy = SteeredProxy {
-        control: steer,
-        thread: Some(thread),
-    };
-
-    let mut workers = Workers {
-        stop: Arc::new(AtomicBool::new(false)),
-        threads: Vec::new(),
-    };
-    for i in 0..args.servers {
-        let (backend, stop) = (backend.clone(), workers.stop.clone());
-        workers
-            .threads
-            .push(spawn(format!("bench-echo-{i}"), move || {
-                if let Err(e) = echo_worker(&backend, &stop) {
-                    tracing::error!(error = %e, "baseline echo worker failed");
-                }
-            })?);
-    }
+    let service = EchoService::start(args.servers, "bench")?;
+    let frontend = service.frontend().to_string();
 
     let ctl = Arc::new(Control::default());
     let c = ctl.clone();
@@ -1965,20 +1816,17 @@ fn run_baseline(
         let (ctl, template, frontend) = (ctl.clone(), template.clone(), frontend.clone());
         let payload = vec![b'.'; args.size];
         clients.push(spawn(format!("bench-req-{i}"), move || {
-            let ctx = zmq::Context::new();
-            let mut socket = None;
+            // Created here, so its I/O thread is named after this one.
+            let mut client = EchoClient::new(&frontend);
             drive(&ctl, &template, |_, _| {
-                (
-                    "echo",
-                    echo_round_trip(&ctx, &mut socket, &frontend, &payload),
-                )
+                let result = client.round_trip(&payload);
+                ("echo", result.map_err(|e| e.code().to_string()))
             })
         })?);
     }
     let timing = progress.pace("baseline", &ctl, args, stop);
     let results = join(clients, "baseline client");
-    drop(workers);
-    drop(proxy);
+    drop(service);
     Ok(BaselineOutcome {
         load: merge(results?, &timing, template)?,
         interrupted: timing.interrupted,

@@ -13,6 +13,8 @@
 //! - [`sockets`]: socket options applied everywhere (linger, high-water marks).
 //! - [`cluster`]: a whole cluster on threads of one process, on OS-chosen loopback ports
 //!   (for `chat-bench`, examples and tests).
+//! - [`baseline`]: plain ZeroMQ echo (ROUTER/DEALER proxy, REP workers, REQ clients), the
+//!   yardstick `chat-bench` measures the chat layers against.
 //!
 //! Every long-running piece takes a [`Shutdown`] flag and returns when it is raised, and
 //! creates its sockets in a [`Context`] (ZeroMQ's, kept opaque so callers need no `zmq`).
@@ -21,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub mod backend;
+pub mod baseline;
 pub mod broker;
 pub mod client;
 pub mod cluster;
