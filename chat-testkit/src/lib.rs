@@ -10,11 +10,14 @@
 //! - [`subscribe_live`], [`next_event`]: live subscriptions despite ZeroMQ's slow joiner.
 //! - [`ask`], [`status_at`], [`history_at`]: read one server directly through its peer
 //!   socket (the broker would pick a server for us).
+//! - [`fake_peer`]: a registered peer that acknowledges nothing it is sent to replicate.
 //! - [`http`]: a minimal HTTP/1.1 client for the web front end's tests.
 
 pub mod http;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -314,4 +317,96 @@ pub fn history_at(endpoint: &str, channel: &str) -> Option<Vec<chat_core::Channe
         }
     }
     None
+}
+
+/// A peer named `fake` that registers with the reference at `reference` (then heartbeats
+/// every 300 ms) and answers everything on its own ROUTER socket (so a server sees it alive
+/// and caught up) except `replicate`, which it swallows: a write pushed to it is never
+/// durable anywhere but at its origin. Returns its thread, which counts the swallowed
+/// `replicate` requests until `stop` is raised, and its peer endpoint.
+pub fn fake_peer(reference: &str, stop: Arc<AtomicBool>) -> (JoinHandle<usize>, String) {
+    use chat_core::protocol::{decode_request, encode_reply, encode_request};
+    use chat_core::{Encoding, Meta, Reply, ReplyEnvelope, Request, RequestEnvelope};
+    let ctx = zmq::Context::new();
+    let router = ctx.socket(zmq::ROUTER).expect("router");
+    router.set_linger(0).expect("linger");
+    router.bind("tcp://127.0.0.1:*").expect("bind the fake peer");
+    let endpoint = router
+        .get_last_endpoint()
+        .expect("endpoint")
+        .expect("utf-8 endpoint");
+    let reference = reference.to_string();
+    let ep = endpoint.clone();
+    let handle = std::thread::spawn(move || {
+        let reg = ctx.socket(zmq::REQ).expect("req");
+        reg.set_linger(0).expect("linger");
+        reg.connect(&reference).expect("connect to the reference");
+        let mut swallowed = 0;
+        let mut next_hb = Instant::now();
+        let mut first = true;
+        for _ in 0..100_000 {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            if Instant::now() >= next_hb {
+                let request = if first {
+                    Request::Rank {
+                        name: "fake".into(),
+                        endpoint: Some(ep.clone()),
+                    }
+                } else {
+                    Request::Heartbeat {
+                        user: Some("fake".into()),
+                    }
+                };
+                first = false;
+                let env = RequestEnvelope {
+                    request,
+                    meta: Meta::default(),
+                };
+                let bytes = encode_request(&env, Encoding::MsgPack).expect("encode");
+                reg.send(bytes, 0).expect("send to the reference");
+                if reg.poll(zmq::POLLIN, 1000).expect("poll") > 0 {
+                    let _ = reg.recv_bytes(0);
+                }
+                next_hb = Instant::now() + Duration::from_millis(300);
+            }
+            if router.poll(zmq::POLLIN, 50).expect("poll") == 0 {
+                continue;
+            }
+            let Ok(parts) = router.recv_multipart(0) else {
+                continue;
+            };
+            let Some(body) = parts.last() else { continue };
+            let Ok((req, _)) = decode_request(body) else {
+                continue;
+            };
+            let reply = match &req.request {
+                Request::Replicate { .. } => {
+                    swallowed += 1;
+                    continue;
+                }
+                Request::Sync { .. } => Reply::Events {
+                    events: vec![],
+                    more: false,
+                },
+                Request::Clock => Reply::Clock(chat_core::Timestamp::from_millis(0)),
+                _ => Reply::Done,
+            };
+            let env = ReplyEnvelope {
+                service: req.request.service().as_str().into(),
+                reply,
+                meta: Meta {
+                    clock: 1,
+                    timestamp: None,
+                    id: req.meta.id.clone(),
+                },
+            };
+            let mut frames = parts[..parts.len() - 1].to_vec();
+            frames.push(encode_reply(&env, Encoding::MsgPack).expect("encode"));
+            let _ = router.send_multipart(frames, 0);
+        }
+        swallowed
+    });
+    (handle, endpoint)
 }
