@@ -8,6 +8,9 @@
 //! simulated network, disks and clocks, under seeded faults.
 //!
 //! # Layout
-//! (filled in as the cores land)
+//! - [`reference`]: the reference service's core: [`reference::Registry`] (ranks,
+//!   liveness) and [`reference::ReferenceCore`] (envelopes, wire rules, replies).
 
 #![warn(missing_docs)]
+
+pub mod reference;
