@@ -76,7 +76,10 @@ impl EchoService {
     /// `<prefix>-echo-<i>`.
     pub fn start(workers: usize, prefix: &str) -> Result<EchoService, ClusterError> {
         let ctx = zmq::Context::new();
-        let control_addr = format!("inproc://chat-baseline-proxy-{:016x}", rand::random::<u64>());
+        let control_addr = format!(
+            "inproc://chat-baseline-proxy-{:016x}",
+            rand::random::<u64>()
+        );
         let addr = control_addr.clone();
         let name = format!("{prefix}-zmq-proxy");
         let ((frontend, backend), thread) = spawn_bound(

@@ -265,7 +265,10 @@ impl ClusterBuilder {
                     xpub: LOOPBACK.to_string(),
                 };
                 let p = Proxy::bind(ctx, &cfg)?;
-                Ok(((p.xsub_endpoint().to_string(), p.xpub_endpoint().to_string()), p))
+                Ok((
+                    (p.xsub_endpoint().to_string(), p.xpub_endpoint().to_string()),
+                    p,
+                ))
             },
             move |p: Proxy| log_failure("proxy", p.run(&sd)),
         )?;

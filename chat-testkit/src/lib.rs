@@ -330,7 +330,9 @@ pub fn fake_peer(reference: &str, stop: Arc<AtomicBool>) -> (JoinHandle<usize>, 
     let ctx = zmq::Context::new();
     let router = ctx.socket(zmq::ROUTER).expect("router");
     router.set_linger(0).expect("linger");
-    router.bind("tcp://127.0.0.1:*").expect("bind the fake peer");
+    router
+        .bind("tcp://127.0.0.1:*")
+        .expect("bind the fake peer");
     let endpoint = router
         .get_last_endpoint()
         .expect("endpoint")
