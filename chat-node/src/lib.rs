@@ -8,7 +8,7 @@
 //! simulated network, disks and clocks, under seeded faults.
 //!
 //! # Layout
-//! - [`reference`]: the reference service's core: [`reference::Registry`] (ranks,
+//! - [`reference`](mod@reference): the reference service's core: [`reference::Registry`] (ranks,
 //!   liveness) and [`reference::ReferenceCore`] (envelopes, wire rules, replies).
 
 #![warn(missing_docs)]
