@@ -108,9 +108,9 @@ pub enum ClusterError {
 }
 
 /// Opens the store of a server, by name.
-pub type StoreFactory = Box<dyn FnMut(&str) -> Result<Box<dyn Store>, StoreError> + Send>;
+pub type StoreFactory = Box<dyn FnMut(&str) -> Result<Box<dyn Store>, StoreError> + Send + Sync>;
 /// Adjusts the configuration of every server the cluster starts by name.
-pub type Configure = Box<dyn Fn(&mut ServerConfig) + Send>;
+pub type Configure = Box<dyn Fn(&mut ServerConfig) + Send + Sync>;
 
 /// Endpoints of a running cluster, with their real ports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,14 +204,14 @@ impl ClusterBuilder {
     /// Servers get their stores from `open`, called with the server's name at each start.
     pub fn stores(
         mut self,
-        open: impl FnMut(&str) -> Result<Box<dyn Store>, StoreError> + Send + 'static,
+        open: impl FnMut(&str) -> Result<Box<dyn Store>, StoreError> + Send + Sync + 'static,
     ) -> Self {
         self.stores = Box::new(open);
         self
     }
 
     /// Adjusts each server's configuration after the cluster's endpoints are filled in.
-    pub fn configure(mut self, f: impl Fn(&mut ServerConfig) + Send + 'static) -> Self {
+    pub fn configure(mut self, f: impl Fn(&mut ServerConfig) + Send + Sync + 'static) -> Self {
         self.configure = Box::new(f);
         self
     }
@@ -663,6 +663,13 @@ where
 mod tests {
     use super::*;
     use crate::client::Client;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn a_cluster_can_be_shared_between_threads() {
+        assert_send_sync::<Cluster>();
+    }
 
     #[test]
     fn starts_restarts_one_server_and_stops_with_counters() {
