@@ -1,7 +1,8 @@
 //! Everything that touches ZeroMQ: broker, proxy, server runtime and client SDK.
 //!
 //! # Layout
-//! - [`backend`]: the frame protocol between the broker and servers (READY/HB/REQ/REP/BYE).
+//! - [`backend`]: the frame protocol between the broker and servers (READY/HB/REQ/REP/BYE),
+//!   re-exported from `chat_node::backend`.
 //! - [`broker`]: the reliable request broker (ROUTER/ROUTER, heartbeats, re-dispatch,
 //!   session affinity).
 //! - [`proxy`]: the XSUB/XPUB forwarder for publications.

@@ -8,9 +8,18 @@
 //! simulated network, disks and clocks, under seeded faults.
 //!
 //! # Layout
-//! - [`reference`](mod@reference): the reference service's core: [`reference::Registry`] (ranks,
-//!   liveness) and [`reference::ReferenceCore`] (envelopes, wire rules, replies).
+//! - [`backend`]: the frame protocol between the broker and servers
+//!   (READY/HB/REQ/REP/BYE, the lease stamp and its echo), with builders and parsers.
+//! - [`broker`]: [`broker::BrokerCore`], the request broker's state (credits, round robin,
+//!   session affinity, heartbeats, re-dispatch, deadlines) and its invariants.
+//! - [`server`]: [`server::ServerCore`], everything a chat server decides (state, commit
+//!   pipeline, replication, election, clock sync, catch-up, the broker lease).
+//! - [`reference`](mod@reference): the reference service's core: [`reference::Registry`]
+//!   (ranks, liveness) and [`reference::ReferenceCore`] (envelopes, wire rules, replies).
 
 #![warn(missing_docs)]
 
+pub mod backend;
+pub mod broker;
 pub mod reference;
+pub mod server;

@@ -127,3 +127,74 @@ fn export_of_empty_store() {
 fn read_compact(dir: &std::path::Path, name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
 }
+
+/// `e` as the answer to client request `rid`.
+fn answering(rid: &str, mut e: chat_core::Event) -> chat_core::Event {
+    e.request_id = Some(rid.into());
+    e
+}
+
+/// A request accepted twice (the broker re-dispatched it to server `b` while `a` held it)
+/// is stored twice on every server but exported once, the same copy everywhere: the one
+/// `history` shows (smallest event id).
+#[test]
+fn a_request_accepted_by_two_servers_is_exported_once_on_each() {
+    let base = [
+        ev("a", 1, 1, login("ana")),
+        ev("a", 2, 2, create("geral")),
+        answering("r-post", ev("a", 3, 5, post("geral", "ana", "uma vez"))),
+        answering("r-dm", ev("a", 4, 6, dm("ana", "ana", "só uma"))),
+        answering("r-login", ev("a", 5, 7, login("bia"))),
+    ];
+    let copies = [
+        answering("r-post", ev("b", 1, 4, post("geral", "ana", "uma vez"))),
+        answering("r-dm", ev("b", 2, 8, dm("ana", "ana", "só uma"))),
+        answering("r-login", ev("b", 3, 9, login("bia"))),
+    ];
+    // Server a got its own copies first; server b its own first, then a's by replication.
+    let mut on_a = MemoryStore::default();
+    on_a.append(&base).unwrap();
+    on_a.append(&copies).unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut on_b = SqliteStore::open(dir_b.path()).unwrap();
+    on_b.append(&copies).unwrap();
+    on_b.append(&base).unwrap();
+
+    let t = |clock: i64, seq: i64| iso(T0 + 1_000 * clock + seq);
+    let mut exported = Vec::new();
+    for store in [&on_a as &dyn Store, &on_b] {
+        let out = tempfile::tempdir().unwrap();
+        let summary = export_seed_files(store, out.path()).unwrap();
+        assert_eq!(
+            summary,
+            ExportSummary {
+                users: 2,
+                logins: 2,
+                channels: 1,
+                messages: 1,
+                publications: 1,
+            }
+        );
+        // The kept copies are a's (event id a/… < b/…), whichever arrived first.
+        assert_eq!(
+            read(out.path(), PUBLICATIONS_FILE),
+            json!([{"channel": "geral", "user": "ana", "message": "uma vez", "timestamp": t(5, 3), "clock": 5}])
+        );
+        assert_eq!(
+            read(out.path(), MESSAGES_FILE),
+            json!([{"src": "ana", "dst": "ana", "message": "só uma", "timestamp": t(6, 4), "clock": 6}])
+        );
+        assert_eq!(
+            read(out.path(), USERS_FILE),
+            json!({"ana": [t(1, 1)], "bia": [t(7, 5)]})
+        );
+        exported.push(
+            [USERS_FILE, CHANNELS_FILE, MESSAGES_FILE, PUBLICATIONS_FILE]
+                .map(|f| std::fs::read_to_string(out.path().join(f)).unwrap()),
+        );
+    }
+    assert_eq!(
+        exported[0], exported[1],
+        "both servers export the same files"
+    );
+}

@@ -7,9 +7,13 @@
 //! the writer reports the batch durable. So the loop never blocks on the disk, and the
 //! longer a commit takes, the bigger the next batch grows (one fsync for all of it).
 //!
+//! A batch carries events and metadata (rank, term): the events go in one transaction,
+//! then the metadata; the server core releases what waits on the batch (replies,
+//! publications, election messages) only when the whole batch is reported durable.
+//!
 //! The store stays shared behind a mutex: the loop reads it directly for the rare paths
-//! (catch-up answers, pushes that fell out of memory, rank and term), waiting at most for
-//! the commit in progress. A store that does not touch the disk ([`Store::is_durable`]
+//! (catch-up answers, pushes that fell out of memory), waiting at most for the commit in
+//! progress. A store that does not touch the disk ([`Store::is_durable`]
 //! false: the in-memory store) is committed inline instead: handing it to a thread would
 //! only add two wake-ups per batch.
 //!
@@ -20,7 +24,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use chat_core::Event;
+use chat_node::server::Batch;
 use chat_store::{Store, StoreError};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
@@ -43,7 +47,7 @@ enum Mode {
     Inline { done: Option<Completed> },
     /// A writer thread commits; it reports on `signal`.
     Threaded {
-        jobs: Option<Sender<(u64, Vec<Event>)>>,
+        jobs: Option<Sender<Batch>>,
         results: Receiver<Completed>,
         signal: zmq::Socket,
         thread: Option<JoinHandle<()>>,
@@ -80,7 +84,7 @@ impl Committer {
             let notify = ctx.socket(zmq::PAIR)?;
             notify.set_linger(0)?;
             notify.connect(&addr)?;
-            let (jobs, job_rx) = crossbeam_channel::unbounded::<(u64, Vec<Event>)>();
+            let (jobs, job_rx) = crossbeam_channel::unbounded::<Batch>();
             let (res_tx, results) = crossbeam_channel::unbounded();
             let writer_store = store.clone();
             let (exit_tx, exited) = crossbeam_channel::bounded::<()>(0);
@@ -126,21 +130,22 @@ impl Committer {
         }
     }
 
-    /// Starts committing `events` as batch `epoch`. Only one batch at a time: call it
-    /// when [`Committer::busy`] is false.
-    pub fn submit(&mut self, epoch: u64, events: Vec<Event>) {
+    /// Starts committing `batch` (its events, then its metadata). Only one batch at a
+    /// time: call it when [`Committer::busy`] is false.
+    pub fn submit(&mut self, batch: Batch) {
         debug_assert!(self.inflight.is_none(), "one batch at a time");
-        self.inflight = Some(epoch);
+        self.inflight = Some(batch.epoch);
         match &mut self.mode {
             Mode::Inline { done } => {
-                let result = self.store.lock().append(&events).map(|_| ());
+                let epoch = batch.epoch;
+                let result = commit(&mut **self.store.lock(), &batch);
                 *done = Some(Completed { epoch, result });
             }
             Mode::Threaded { jobs, .. } => {
                 // If the writer is gone (it stops after a store error, or if it panicked),
                 // `poll_completed` reports the batch failed.
                 if let Some(j) = jobs.as_ref() {
-                    if j.send((epoch, events)).is_err() {
+                    if j.send(batch).is_err() {
                         warn!("the commit thread is gone");
                     }
                 }
@@ -206,16 +211,31 @@ impl Drop for Committer {
     }
 }
 
+/// Writes one batch: its events in one transaction, then its metadata.
+fn commit(store: &mut dyn Store, batch: &Batch) -> Result<(), StoreError> {
+    store.append(&batch.events)?;
+    for (key, value) in &batch.meta {
+        store.set_meta(key, value)?;
+    }
+    Ok(())
+}
+
 fn writer(
     store: SharedStore,
-    jobs: Receiver<(u64, Vec<Event>)>,
+    jobs: Receiver<Batch>,
     results: Sender<Completed>,
     notify: zmq::Socket,
 ) {
-    for (epoch, events) in jobs.iter() {
-        let result = store.lock().append(&events).map(|_| ());
+    for batch in jobs.iter() {
+        let result = commit(&mut **store.lock(), &batch);
         let failed = result.is_err();
-        if results.send(Completed { epoch, result }).is_err() {
+        if results
+            .send(Completed {
+                epoch: batch.epoch,
+                result,
+            })
+            .is_err()
+        {
             return;
         }
         // A full or closed signal pipe is fine: one pending signal wakes the loop.

@@ -1,6 +1,10 @@
-//! The server's side of the reference service: a REQ socket driven without blocking
-//! (Lazy Pirate: a request not answered in time drops the socket; the next one opens a
-//! fresh socket), asking for a rank, then sending heartbeats and reading the live list.
+//! The server's side of the reference service, with no socket: what to ask and when (a
+//! rank until registered, then heartbeats and `list` alternately), and what the answers
+//! mean.
+//!
+//! One request at a time (the driver uses a REQ socket). A request not answered within
+//! [`REFERENCE_TIMEOUT`] is given up (Lazy Pirate: the driver drops its stuck REQ socket
+//! when it is asked to send the next one on it).
 
 use std::time::{Duration, Instant};
 
@@ -8,8 +12,6 @@ use chat_core::protocol::decode_reply;
 use chat_core::wire::WireData;
 use chat_core::{codec, Encoding, ErrorCode, Meta, Reply, Request, RequestEnvelope, ServerInfo};
 use tracing::{info, warn};
-
-use crate::sockets;
 
 /// How long to wait for the reference to answer one request.
 pub const REFERENCE_TIMEOUT: Duration = Duration::from_millis(800);
@@ -45,10 +47,9 @@ pub struct Identity<'a> {
     pub endpoint: &'a str,
 }
 
-/// A non-blocking client of the reference service.
-pub struct RefClient {
-    endpoint: String,
-    socket: Option<zmq::Socket>,
+/// The reference client's state.
+#[derive(Debug, Clone)]
+pub struct Registrar {
     inflight: Option<(Asked, Instant)>,
     next_at: Instant,
     interval: Duration,
@@ -56,23 +57,16 @@ pub struct RefClient {
     unreachable_logged: bool,
 }
 
-impl RefClient {
-    /// A client of the reference at `endpoint`, talking every `interval`.
-    pub fn new(endpoint: String, interval: Duration, now: Instant) -> Self {
-        RefClient {
-            endpoint,
-            socket: None,
+impl Registrar {
+    /// A client talking to the reference every `interval`, starting at `now`.
+    pub fn new(interval: Duration, now: Instant) -> Self {
+        Registrar {
             inflight: None,
             next_at: now,
             interval,
             heartbeat_next: true,
             unreachable_logged: false,
         }
-    }
-
-    /// The socket to poll, while a request is in flight.
-    pub fn socket(&self) -> Option<&zmq::Socket> {
-        self.inflight.and(self.socket.as_ref())
     }
 
     /// When something is due (a request to send or a reply deadline).
@@ -83,15 +77,20 @@ impl RefClient {
         }
     }
 
-    /// Sends the next request if one is due: `rank` until registered (with the rank we hold,
-    /// if any, so we keep it), then heartbeats and `list` alternately.
+    /// Whether a request is waiting for its answer.
+    pub fn awaiting(&self) -> bool {
+        self.inflight.is_some()
+    }
+
+    /// The next request to send if one is due: `rank` until registered (with the rank we
+    /// hold, if any, so we keep it), then heartbeats and `list` alternately. Gives up on a
+    /// request not answered in time.
     pub fn poll_send(
         &mut self,
-        ctx: &zmq::Context,
         now: Instant,
         me: &Identity<'_>,
         meta: impl FnOnce() -> Meta,
-    ) {
+    ) -> Option<Vec<u8>> {
         let Identity {
             name,
             rank,
@@ -100,20 +99,19 @@ impl RefClient {
         } = *me;
         if let Some((_, deadline)) = self.inflight {
             if now < deadline {
-                return;
+                return None;
             }
-            // Lazy Pirate: no answer; drop the stuck REQ socket.
-            self.socket = None;
+            // Lazy Pirate: no answer; the driver drops the stuck REQ socket.
             self.inflight = None;
             if !self.unreachable_logged {
-                warn!(reference = %self.endpoint, "the reference does not answer; keeping the last known peers");
+                warn!("the reference does not answer; keeping the last known peers");
                 self.unreachable_logged = true;
             }
             self.next_at = now + self.interval;
-            return;
+            return None;
         }
         if now < self.next_at {
-            return;
+            return None;
         }
         let (asked, request) = match rank.filter(|_| registered) {
             None => (
@@ -141,46 +139,30 @@ impl RefClient {
             // our peer socket listens.
             extend(d, rank, endpoint);
         }
-        let Ok(bytes) = codec::encode(&wire, Encoding::MsgPack) else {
-            return;
-        };
-        if self.socket.is_none() {
-            match sockets::socket(ctx, zmq::REQ, sockets::REQUEST_HWM).and_then(|s| {
-                s.connect(&self.endpoint)?;
-                Ok(s)
-            }) {
-                Ok(s) => self.socket = Some(s),
-                Err(e) => {
-                    warn!(error = %e, "cannot open a socket to the reference");
-                    self.next_at = now + self.interval;
-                    return;
-                }
-            }
-        }
-        let Some(socket) = &self.socket else { return };
-        if socket.send(bytes, zmq::DONTWAIT).is_err() {
-            self.socket = None;
-            self.next_at = now + self.interval;
-            return;
-        }
+        let bytes = codec::encode(&wire, Encoding::MsgPack).ok()?;
         self.inflight = Some((asked, now + REFERENCE_TIMEOUT));
         if asked == Asked::Heartbeat || asked == Asked::List {
             self.heartbeat_next = !self.heartbeat_next;
         }
         self.next_at = now + self.interval / 2;
+        Some(bytes)
     }
 
-    /// Reads the reply (call when the socket is readable); returns what it says and the
-    /// reply's Lamport clock.
-    pub fn recv(&mut self) -> Option<(RefEvent, u64)> {
-        let socket = self.socket.as_ref()?;
-        let bytes = socket.recv_bytes(zmq::DONTWAIT).ok()?;
+    /// The request could not be sent: try again after the interval.
+    pub fn unsent(&mut self, now: Instant) {
+        self.inflight = None;
+        self.next_at = now + self.interval;
+    }
+
+    /// Reads a reply; returns what it says and the reply's Lamport clock. A reply when
+    /// nothing is awaited (a late one) is ignored.
+    pub fn handle_reply(&mut self, body: &[u8]) -> Option<(RefEvent, u64)> {
         let (asked, _) = self.inflight.take()?;
         if self.unreachable_logged {
-            info!(reference = %self.endpoint, "the reference answers again");
+            info!("the reference answers again");
             self.unreachable_logged = false;
         }
-        let (env, _) = match decode_reply(&bytes) {
+        let (env, _) = match decode_reply(body) {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "undecodable reply from the reference");
