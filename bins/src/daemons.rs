@@ -46,7 +46,7 @@ pub struct BrokerArgs {
 
 /// Runs the broker until `shutdown`.
 pub fn broker(args: &BrokerArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
-    let ctx = zmq::Context::new();
+    let ctx = chat_net::Context::new();
     let cfg = BrokerConfig {
         frontend: args.frontend.clone(),
         backend: args.backend.clone(),
@@ -83,7 +83,7 @@ pub struct ProxyArgs {
 
 /// Runs the proxy until `shutdown`.
 pub fn proxy(args: &ProxyArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
-    let ctx = zmq::Context::new();
+    let ctx = chat_net::Context::new();
     let cfg = ProxyConfig {
         xsub: args.xsub.clone(),
         xpub: args.xpub.clone(),
@@ -138,7 +138,7 @@ pub struct ReferenceArgs {
 
 /// Runs the reference until `shutdown`.
 pub fn reference(args: &ReferenceArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
-    let ctx = zmq::Context::new();
+    let ctx = chat_net::Context::new();
     let cfg = ReferenceConfig {
         bind: args.bind.clone(),
         timeout: Duration::from_millis(args.timeout_ms),
@@ -312,7 +312,7 @@ pub fn server(args: &ServerArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
         },
         ..ServerConfig::new(args.name.clone())
     };
-    let ctx = zmq::Context::new();
+    let ctx = chat_net::Context::new();
     tracing::info!(server = %cfg.name, broker = %cfg.broker, "starting");
     let (tx, rx) = crossbeam_channel::bounded::<String>(1);
     let name = cfg.name.clone();

@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use chat_net::client::{Client, ClientConfig};
+use chat_testkit::fake_peer;
 use support::{history_at, status_at, wait_for, ProcCluster, DEADLINE};
 
 /// Publishers that keep posting to `channel` until stopped; each returns what was acked.
@@ -226,90 +227,6 @@ fn retried_writes_with_the_same_id_appear_once_on_every_server() {
         acked.insert(body);
     }
     assert_converged(&cluster, &names, &acked);
-}
-
-/// A peer that answers everything (so the server sees it alive and caught up) except
-/// `replicate`, which it swallows: the write is never durable anywhere but at its origin.
-fn fake_peer(reference: &str, stop: Arc<AtomicBool>) -> (JoinHandle<usize>, String) {
-    use chat_core::protocol::{decode_request, encode_reply, encode_request};
-    use chat_core::{Encoding, Meta, Reply, ReplyEnvelope, Request, RequestEnvelope};
-    let ctx = zmq::Context::new();
-    let router = ctx.socket(zmq::ROUTER).unwrap();
-    router.set_linger(0).unwrap();
-    router.bind("tcp://127.0.0.1:*").unwrap();
-    let endpoint = router.get_last_endpoint().unwrap().unwrap();
-    let reference = reference.to_string();
-    let ep = endpoint.clone();
-    let handle = std::thread::spawn(move || {
-        let reg = ctx.socket(zmq::REQ).unwrap();
-        reg.set_linger(0).unwrap();
-        reg.connect(&reference).unwrap();
-        let mut swallowed = 0;
-        let mut next_hb = std::time::Instant::now();
-        let mut first = true;
-        for _ in 0..100_000 {
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            if std::time::Instant::now() >= next_hb {
-                let request = if first {
-                    Request::Rank {
-                        name: "fake".into(),
-                        endpoint: Some(ep.clone()),
-                    }
-                } else {
-                    Request::Heartbeat {
-                        user: Some("fake".into()),
-                    }
-                };
-                first = false;
-                let env = RequestEnvelope {
-                    request,
-                    meta: Meta::default(),
-                };
-                reg.send(encode_request(&env, Encoding::MsgPack).unwrap(), 0)
-                    .unwrap();
-                if reg.poll(zmq::POLLIN, 1000).unwrap() > 0 {
-                    let _ = reg.recv_bytes(0);
-                }
-                next_hb = std::time::Instant::now() + Duration::from_millis(300);
-            }
-            if router.poll(zmq::POLLIN, 50).unwrap() == 0 {
-                continue;
-            }
-            let parts = router.recv_multipart(0).unwrap();
-            let Some(body) = parts.last() else { continue };
-            let Ok((req, _)) = decode_request(body) else {
-                continue;
-            };
-            let reply = match &req.request {
-                Request::Replicate { .. } => {
-                    swallowed += 1;
-                    continue;
-                }
-                Request::Sync { .. } => Reply::Events {
-                    events: vec![],
-                    more: false,
-                },
-                Request::Clock => Reply::Clock(chat_core::Timestamp::from_millis(0)),
-                _ => Reply::Done,
-            };
-            let env = ReplyEnvelope {
-                service: req.request.service().as_str().into(),
-                reply,
-                meta: Meta {
-                    clock: 1,
-                    timestamp: None,
-                    id: req.meta.id.clone(),
-                },
-            };
-            let mut frames = parts[..parts.len() - 1].to_vec();
-            frames.push(encode_reply(&env, Encoding::MsgPack).unwrap());
-            router.send_multipart(frames, 0).unwrap();
-        }
-        swallowed
-    });
-    (handle, endpoint)
 }
 
 #[test]

@@ -113,7 +113,8 @@ impl std::fmt::Debug for Broker {
 
 impl Broker {
     /// Creates and binds both ROUTER sockets.
-    pub fn bind(ctx: &zmq::Context, cfg: &BrokerConfig) -> zmq::Result<Broker> {
+    pub fn bind(ctx: &crate::Context, cfg: &BrokerConfig) -> zmq::Result<Broker> {
+        let ctx = ctx.zmq();
         let frame_limit = i64::try_from(cfg.max_frame)
             .unwrap_or(i64::MAX)
             .max(sockets::MAX_MSG_SIZE);
@@ -174,7 +175,7 @@ impl Broker {
 /// Binds the broker, reports the real `(frontend, backend)` endpoints on `bound` (if given),
 /// and serves until `shutdown` is raised.
 pub fn run_broker(
-    ctx: &zmq::Context,
+    ctx: &crate::Context,
     cfg: &BrokerConfig,
     shutdown: &Shutdown,
     bound: Option<crossbeam_channel::Sender<(String, String)>>,

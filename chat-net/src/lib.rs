@@ -12,19 +12,51 @@
 //! - [`client`]: the client SDK: typed requests with Lazy Pirate retries, exact-topic
 //!   subscriptions delivered over a `crossbeam-channel`.
 //! - [`sockets`]: socket options applied everywhere (linger, high-water marks).
+//! - [`cluster`]: a whole cluster on threads of one process, on OS-chosen loopback ports
+//!   (for `chat-bench`, examples and tests).
+//! - [`baseline`]: plain ZeroMQ echo (ROUTER/DEALER proxy, REP workers, REQ clients), the
+//!   yardstick `chat-bench` measures the chat layers against.
 //!
-//! Every long-running piece takes a [`Shutdown`] flag and returns when it is raised.
+//! Every long-running piece takes a [`Shutdown`] flag and returns when it is raised, and
+//! creates its sockets in a [`Context`] (ZeroMQ's, kept opaque so callers need no `zmq`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub mod backend;
+pub mod baseline;
 pub mod broker;
 pub mod client;
+pub mod cluster;
 pub mod proxy;
 pub mod reference;
 pub mod server;
 pub mod sockets;
+
+/// The ZeroMQ context the components of this crate create their sockets in (opaque).
+///
+/// Clones share one context (and its I/O thread); sockets of different contexts talk only
+/// over TCP, not `inproc`.
+#[derive(Clone, Default)]
+pub struct Context(zmq::Context);
+
+impl Context {
+    /// A new context with its own I/O thread.
+    pub fn new() -> Self {
+        Context(zmq::Context::new())
+    }
+
+    /// The ZeroMQ context inside.
+    pub(crate) fn zmq(&self) -> &zmq::Context {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Context")
+    }
+}
 
 /// A flag shared between a component and whoever wants it to stop.
 #[derive(Debug, Clone, Default)]

@@ -69,7 +69,8 @@ impl std::fmt::Debug for Proxy {
 
 impl Proxy {
     /// Creates and binds both sockets.
-    pub fn bind(ctx: &zmq::Context, cfg: &ProxyConfig) -> zmq::Result<Proxy> {
+    pub fn bind(ctx: &crate::Context, cfg: &ProxyConfig) -> zmq::Result<Proxy> {
+        let ctx = ctx.zmq();
         let xsub = sockets::socket(ctx, zmq::XSUB, sockets::PUB_HWM)?;
         xsub.set_maxmsgsize(sockets::MAX_MSG_SIZE)?;
         let xpub = sockets::socket(ctx, zmq::XPUB, sockets::PUB_HWM)?;
@@ -201,7 +202,7 @@ fn recv_frame(from: &zmq::Socket, msg: &mut zmq::Message) -> zmq::Result<()> {
 /// Binds the proxy, reports the real `(xsub, xpub)` endpoints on `bound` (if given), and
 /// forwards until `shutdown` is raised.
 pub fn run_proxy(
-    ctx: &zmq::Context,
+    ctx: &crate::Context,
     cfg: &ProxyConfig,
     shutdown: &Shutdown,
     bound: Option<crossbeam_channel::Sender<(String, String)>>,

@@ -39,7 +39,7 @@ struct Harness {
 impl Harness {
     fn start(cfg: BrokerConfig) -> Harness {
         let ctx = zmq::Context::new();
-        let broker = Broker::bind(&ctx, &cfg).expect("bind broker");
+        let broker = Broker::bind(&chat_net::Context::new(), &cfg).expect("bind broker");
         let front = broker.frontend_endpoint().to_string();
         let back = broker.backend_endpoint().to_string();
         assert!(

@@ -23,7 +23,7 @@ fn broker_echoes_the_latest_stamp_on_heartbeats_and_requests() {
         backend: "tcp://127.0.0.1:*".to_string(),
         ..BrokerConfig::default()
     };
-    let broker = Broker::bind(&ctx, &cfg).expect("bind broker");
+    let broker = Broker::bind(&chat_net::Context::new(), &cfg).expect("bind broker");
     let (front, back) = (
         broker.frontend_endpoint().to_string(),
         broker.backend_endpoint().to_string(),

@@ -20,12 +20,11 @@ use std::time::{Duration, Instant};
 use chat_core::codec::Encoding;
 use chat_core::protocol::encode_request;
 use chat_core::{HistoryTarget, Meta, Request, RequestEnvelope};
-use chat_net::broker::{Broker, BrokerConfig, BrokerStats};
+use chat_net::broker::BrokerStats;
 use chat_net::client::{Client, ClientConfig, ClientEvent};
-use chat_net::proxy::{Proxy, ProxyConfig, ProxyStats};
-use chat_net::reference::{Reference, ReferenceConfig, ReferenceStats};
-use chat_net::server::{run_server, ServerConfig, ServerError};
-use chat_net::Shutdown;
+use chat_net::cluster::Cluster;
+use chat_net::proxy::ProxyStats;
+use chat_net::reference::ReferenceStats;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::{subscribe_live, wait_for, DEADLINE};
@@ -78,7 +77,9 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
 
-/// Broker, proxy, reference and one server, each on its own thread with its handle.
+/// Broker, proxy, reference and one server (in memory, not registered with the
+/// reference, which only takes the flood), each on its own thread, plus a context for the
+/// flood's own sockets.
 struct Infra {
     ctx: zmq::Context,
     frontend: String,
@@ -86,151 +87,52 @@ struct Infra {
     xsub: String,
     xpub: String,
     reference: String,
-    infra: Shutdown,
-    server_shutdown: Shutdown,
-    broker: Option<JoinHandle<zmq::Result<BrokerStats>>>,
-    proxy: Option<JoinHandle<zmq::Result<ProxyStats>>>,
-    reference_thread: Option<JoinHandle<zmq::Result<ReferenceStats>>>,
-    server: Option<JoinHandle<Result<(), ServerError>>>,
+    cluster: Cluster,
 }
 
 impl Infra {
     fn start() -> Infra {
-        let ctx = zmq::Context::new();
-        let any = "tcp://127.0.0.1:*".to_string();
-        let broker = Broker::bind(
-            &ctx,
-            &BrokerConfig {
-                frontend: any.clone(),
-                backend: any.clone(),
-                ..BrokerConfig::default()
-            },
-        )
-        .expect("broker");
-        let (frontend, backend) = (
-            broker.frontend_endpoint().to_string(),
-            broker.backend_endpoint().to_string(),
-        );
-        let proxy = Proxy::bind(
-            &ctx,
-            &ProxyConfig {
-                xsub: any.clone(),
-                xpub: any.clone(),
-            },
-        )
-        .expect("proxy");
-        let (xsub, xpub) = (
-            proxy.xsub_endpoint().to_string(),
-            proxy.xpub_endpoint().to_string(),
-        );
-        let reference = Reference::bind(
-            &ctx,
-            &ReferenceConfig {
-                bind: any,
-                ..ReferenceConfig::default()
-            },
-        )
-        .expect("reference");
-        let reference_endpoint = reference.endpoint().to_string();
-        let infra = Shutdown::new();
-        let sd = infra.clone();
-        let broker = std::thread::spawn(move || broker.run(&sd));
-        let sd = infra.clone();
-        let proxy = std::thread::spawn(move || proxy.run(&sd));
-        let sd = infra.clone();
-        let reference_thread = std::thread::spawn(move || reference.run(&sd));
-        let cfg = ServerConfig {
-            broker: backend.clone(),
-            publish: xsub.clone(),
-            subscribe: xpub.clone(),
-            ..ServerConfig::new("server-1")
-        };
-        let server_shutdown = Shutdown::new();
-        let (sctx, sd) = (ctx.clone(), server_shutdown.clone());
-        let server = std::thread::spawn(move || {
-            run_server(
-                &sctx,
-                &cfg,
-                Box::new(chat_store::MemoryStore::default()),
-                &sd,
-            )
-        });
+        let cluster = Cluster::builder()
+            .servers(1)
+            .reference(true)
+            .shared_context(chat_net::Context::new())
+            .memory_stores()
+            .configure(|cfg| cfg.reference = None)
+            .start()
+            .expect("cluster");
+        let e = cluster.endpoints().clone();
         Infra {
-            ctx,
-            frontend,
-            backend,
-            xsub,
-            xpub,
-            reference: reference_endpoint,
-            infra,
-            server_shutdown,
-            broker: Some(broker),
-            proxy: Some(proxy),
-            reference_thread: Some(reference_thread),
-            server: Some(server),
+            ctx: zmq::Context::new(),
+            frontend: e.frontend,
+            backend: e.backend,
+            xsub: e.xsub,
+            xpub: e.xpub,
+            reference: e.reference.expect("reference endpoint"),
+            cluster,
         }
     }
 
     fn client_config(&self) -> ClientConfig {
         ClientConfig {
-            broker: self.frontend.clone(),
-            sub: self.xpub.clone(),
             timeout: Duration::from_secs(3),
             attempts: 3,
-            ..ClientConfig::default()
+            ..self.cluster.client_config()
         }
     }
 
     /// Whether every component thread is still running.
-    fn all_running(&self) -> Vec<(&'static str, bool)> {
-        fn alive<T>(h: &Option<JoinHandle<T>>) -> bool {
-            h.as_ref().is_some_and(|h| !h.is_finished())
-        }
-        vec![
-            ("broker", alive(&self.broker)),
-            ("proxy", alive(&self.proxy)),
-            ("reference", alive(&self.reference_thread)),
-            ("server", alive(&self.server)),
-        ]
+    fn all_running(&self) -> Vec<(String, bool)> {
+        self.cluster.running()
     }
 
     /// Stops everything; returns the stats of broker, proxy and reference.
-    fn stop(mut self) -> (BrokerStats, ProxyStats, ReferenceStats) {
-        self.server_shutdown.trigger();
-        if let Some(h) = self.server.take() {
-            h.join().expect("server thread").expect("server result");
-        }
-        self.infra.trigger();
-        let b = self.broker.take().map(|h| h.join().expect("broker thread"));
-        let p = self.proxy.take().map(|h| h.join().expect("proxy thread"));
-        let r = self
-            .reference_thread
-            .take()
-            .map(|h| h.join().expect("reference thread"));
+    fn stop(self) -> (BrokerStats, ProxyStats, ReferenceStats) {
+        let stats = self.cluster.stop().expect("every component stops cleanly");
         (
-            b.expect("broker").expect("broker result"),
-            p.expect("proxy").expect("proxy result"),
-            r.expect("reference").expect("reference result"),
+            stats.broker,
+            stats.proxy,
+            stats.reference.expect("reference stats"),
         )
-    }
-}
-
-impl Drop for Infra {
-    fn drop(&mut self) {
-        self.server_shutdown.trigger();
-        self.infra.trigger();
-        if let Some(h) = self.server.take() {
-            let _ = h.join();
-        }
-        if let Some(h) = self.broker.take() {
-            let _ = h.join();
-        }
-        if let Some(h) = self.proxy.take() {
-            let _ = h.join();
-        }
-        if let Some(h) = self.reference_thread.take() {
-            let _ = h.join();
-        }
     }
 }
 

@@ -27,7 +27,7 @@ impl Harness {
             xpub: "tcp://127.0.0.1:*".to_string(),
         };
         let (bound_tx, bound_rx) = crossbeam_channel::bounded(1);
-        let thread_ctx = ctx.clone();
+        let thread_ctx = chat_net::Context::new();
         let running =
             Running::spawn(move |flag| run_proxy(&thread_ctx, &cfg, flag, Some(bound_tx)));
         let (xsub, xpub) = match bound_rx.recv_timeout(SOON) {

@@ -39,7 +39,7 @@ impl Harness {
         // libzmq's I/O thread): retry within the deadline.
         let end = Instant::now() + SOON;
         let reference = loop {
-            match Reference::bind(&ctx, &cfg) {
+            match Reference::bind(&chat_net::Context::new(), &cfg) {
                 Ok(r) => break r,
                 Err(zmq::Error::EADDRINUSE) if Instant::now() < end => {
                     std::thread::sleep(Duration::from_millis(20))
@@ -458,7 +458,7 @@ fn run_reference_reports_its_endpoint_and_stops() {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let (done_tx, done) = crossbeam_channel::bounded(1);
     let thread = {
-        let ctx = ctx.clone();
+        let ctx = chat_net::Context::new();
         let flag = shutdown.clone();
         std::thread::spawn(move || {
             let cfg = test_config(Duration::from_secs(3));
@@ -489,7 +489,7 @@ fn run_reference_reports_its_endpoint_and_stops() {
         ..test_config(Duration::from_secs(3))
     };
     let (tx, rx) = crossbeam_channel::bounded(1);
-    assert!(run_reference(&ctx, &cfg, &Shutdown::new(), Some(tx)).is_err());
+    assert!(run_reference(&chat_net::Context::new(), &cfg, &Shutdown::new(), Some(tx)).is_err());
     assert!(
         rx.try_recv().is_err(),
         "no endpoint reported when bind fails"

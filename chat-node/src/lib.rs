@@ -16,6 +16,8 @@
 //!   registry (ranks, liveness) and wire rules.
 //! - [`server`]: [`server::ServerCore`], everything a chat server decides (state, commit
 //!   pipeline, replication, election, clock sync, catch-up, the broker lease).
+//! - [`reference`](mod@reference): the reference service's core: [`reference::Registry`]
+//!   (ranks, liveness) and [`reference::ReferenceCore`] (envelopes, wire rules, replies).
 
 #![warn(missing_docs)]
 

@@ -5,25 +5,27 @@
 //! - [`Running`]: a component on its own thread, stopped by its [`Shutdown`] flag, with
 //!   its result collected (also on a failed assertion, through `Drop`).
 //! - [`TestCluster`]: proxy, broker, (optionally) reference and servers on threads of the
-//!   test process, on loopback ports chosen by the OS, stopped on drop.
+//!   test process, on loopback ports chosen by the OS, stopped on drop (a thin wrapper of
+//!   [`chat_net::cluster::Cluster`]).
 //! - [`subscribe_live`], [`next_event`]: live subscriptions despite ZeroMQ's slow joiner.
 //! - [`ask`], [`status_at`], [`history_at`]: read one server directly through its peer
 //!   socket (the broker would pick a server for us).
+//! - [`fake_peer`]: a registered peer that acknowledges nothing it is sent to replicate.
 //! - [`http`]: a minimal HTTP/1.1 client for the web front end's tests.
 
 pub mod http;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use chat_net::broker::{run_broker, BrokerConfig};
 use chat_net::client::{Client, ClientConfig, ClientEvent};
-use chat_net::proxy::{run_proxy, ProxyConfig};
-use chat_net::reference::{run_reference, ReferenceConfig};
-use chat_net::server::{run_server, ServerConfig};
+use chat_net::cluster::{Cluster, ClusterError};
+use chat_net::server::ServerConfig;
 use chat_net::Shutdown;
-use chat_store::{MemoryStore, SqliteStore, Store};
+use chat_store::{MemoryStore, Store};
 
 /// How long any test waits for a condition before failing.
 pub const DEADLINE: Duration = Duration::from_secs(10);
@@ -96,15 +98,11 @@ impl<T: Send + 'static> Drop for Running<T> {
     }
 }
 
-struct RunningServer {
-    name: String,
-    running: Running<()>,
-}
-
-/// Broker, proxy and servers running on threads.
+/// Broker, proxy and servers running on threads: a [`Cluster`] with one shared context and
+/// SQLite stores in a temporary directory, under the names these tests use.
 pub struct TestCluster {
     /// The context every component of the cluster uses.
-    pub ctx: zmq::Context,
+    pub ctx: chat_net::Context,
     /// Broker endpoint for clients.
     pub frontend: String,
     /// Broker endpoint for servers.
@@ -115,9 +113,8 @@ pub struct TestCluster {
     pub xpub: String,
     /// Reference endpoint, when the cluster has one (servers then know their peers).
     pub reference: Option<String>,
-    infra: Shutdown,
-    infra_threads: Vec<JoinHandle<()>>,
-    servers: Vec<RunningServer>,
+    // Declared before `dir`: the servers stop before their directories go.
+    cluster: Cluster,
     /// Where the servers' SQLite directories live (removed on drop).
     pub dir: tempfile::TempDir,
 }
@@ -132,62 +129,31 @@ impl TestCluster {
     /// Like [`TestCluster::start`], with a reference service when `reference` is set (the
     /// servers then find each other, elect, acknowledge through peers and catch up).
     pub fn start_with(n: usize, reference: bool) -> TestCluster {
-        let ctx = zmq::Context::new();
-        let infra = Shutdown::new();
-        let (ptx, prx) = crossbeam_channel::bounded(1);
-        let (btx, brx) = crossbeam_channel::bounded(1);
-        let mut infra_threads = Vec::new();
-        {
-            let (ctx, sd) = (ctx.clone(), infra.clone());
-            infra_threads.push(std::thread::spawn(move || {
-                let cfg = ProxyConfig {
-                    xsub: "tcp://127.0.0.1:*".into(),
-                    xpub: "tcp://127.0.0.1:*".into(),
-                };
-                run_proxy(&ctx, &cfg, &sd, Some(ptx)).expect("proxy");
-            }));
-        }
-        {
-            let (ctx, sd) = (ctx.clone(), infra.clone());
-            infra_threads.push(std::thread::spawn(move || {
-                let cfg = BrokerConfig {
-                    frontend: "tcp://127.0.0.1:*".into(),
-                    backend: "tcp://127.0.0.1:*".into(),
-                    ..BrokerConfig::default()
-                };
-                run_broker(&ctx, &cfg, &sd, Some(btx)).expect("broker");
-            }));
-        }
-        let reference = reference.then(|| {
-            let (rtx, rrx) = crossbeam_channel::bounded(1);
-            let (ctx, sd) = (ctx.clone(), infra.clone());
-            infra_threads.push(std::thread::spawn(move || {
-                let cfg = ReferenceConfig {
-                    bind: "tcp://127.0.0.1:*".into(),
-                    ..ReferenceConfig::default()
-                };
-                run_reference(&ctx, &cfg, &sd, Some(rtx)).expect("reference");
-            }));
-            rrx.recv_timeout(DEADLINE).expect("reference endpoint")
-        });
-        let (xsub, xpub) = prx.recv_timeout(DEADLINE).expect("proxy endpoints");
-        let (frontend, backend) = brx.recv_timeout(DEADLINE).expect("broker endpoints");
-        let mut cluster = TestCluster {
+        let ctx = chat_net::Context::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cluster = Cluster::builder()
+            .servers(n)
+            .reference(reference)
+            .shared_context(ctx.clone())
+            .sqlite_stores(dir.path())
+            .start()
+            .expect("cluster");
+        let e = cluster.endpoints().clone();
+        TestCluster {
             ctx,
-            frontend,
-            backend,
-            xsub,
-            xpub,
-            reference,
-            infra,
-            infra_threads,
-            servers: Vec::new(),
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
-        for i in 1..=n {
-            cluster.start_server(&format!("server-{i}"));
+            frontend: e.frontend,
+            backend: e.backend,
+            xsub: e.xsub,
+            xpub: e.xpub,
+            reference: e.reference,
+            cluster,
+            dir,
         }
-        cluster
+    }
+
+    /// The cluster underneath (for restarts, liveness, statistics).
+    pub fn cluster(&mut self) -> &mut Cluster {
+        &mut self.cluster
     }
 
     /// The data directory of server `name`.
@@ -197,19 +163,12 @@ impl TestCluster {
 
     /// The configuration a server `name` of this cluster runs with.
     pub fn server_config(&self, name: &str) -> ServerConfig {
-        ServerConfig {
-            broker: self.backend.clone(),
-            publish: self.xsub.clone(),
-            subscribe: self.xpub.clone(),
-            reference: self.reference.clone(),
-            ..ServerConfig::new(name)
-        }
+        self.cluster.server_config(name)
     }
 
     /// Starts server `name` on its SQLite directory (reusing it if it exists).
     pub fn start_server(&mut self, name: &str) {
-        let store = SqliteStore::open(&self.data_dir(name)).expect("open store");
-        self.start_server_with(name, Box::new(store));
+        self.cluster.start_server(name).expect("server");
     }
 
     /// Starts server `name` with an in-memory store.
@@ -220,19 +179,14 @@ impl TestCluster {
     /// Starts server `name` on a store of the caller's (e.g. one that fails or stalls).
     pub fn start_server_with(&mut self, name: &str, store: Box<dyn Store>) {
         let cfg = self.server_config(name);
-        let ctx = self.ctx.clone();
-        let running = Running::spawn(move |sd| run_server(&ctx, &cfg, store, sd).expect("server"));
-        self.servers.push(RunningServer {
-            name: name.to_string(),
-            running,
-        });
+        self.cluster.start_server_with(cfg, store).expect("server");
     }
 
     /// Stops server `name` (cleanly) and waits for it.
     pub fn stop_server(&mut self, name: &str) {
-        if let Some(pos) = self.servers.iter().position(|s| s.name == name) {
-            let s = self.servers.remove(pos);
-            s.running.stop(DEADLINE);
+        match self.cluster.stop_server(name) {
+            Ok(()) | Err(ClusterError::NoSuchServer(_)) => {}
+            Err(e) => panic!("stopping {name}: {e}"),
         }
     }
 
@@ -250,17 +204,6 @@ impl TestCluster {
     /// A connected SDK client.
     pub fn client(&self) -> Client {
         Client::connect(self.client_config()).expect("client")
-    }
-}
-
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        // Servers first (their `Running` stops them on drop), then broker and proxy.
-        self.servers.clear();
-        self.infra.trigger();
-        for t in self.infra_threads.drain(..) {
-            let _ = t.join();
-        }
     }
 }
 
@@ -374,4 +317,98 @@ pub fn history_at(endpoint: &str, channel: &str) -> Option<Vec<chat_core::Channe
         }
     }
     None
+}
+
+/// A peer named `fake` that registers with the reference at `reference` (then heartbeats
+/// every 300 ms) and answers everything on its own ROUTER socket (so a server sees it alive
+/// and caught up) except `replicate`, which it swallows: a write pushed to it is never
+/// durable anywhere but at its origin. Returns its thread, which counts the swallowed
+/// `replicate` requests until `stop` is raised, and its peer endpoint.
+pub fn fake_peer(reference: &str, stop: Arc<AtomicBool>) -> (JoinHandle<usize>, String) {
+    use chat_core::protocol::{decode_request, encode_reply, encode_request};
+    use chat_core::{Encoding, Meta, Reply, ReplyEnvelope, Request, RequestEnvelope};
+    let ctx = zmq::Context::new();
+    let router = ctx.socket(zmq::ROUTER).expect("router");
+    router.set_linger(0).expect("linger");
+    router
+        .bind("tcp://127.0.0.1:*")
+        .expect("bind the fake peer");
+    let endpoint = router
+        .get_last_endpoint()
+        .expect("endpoint")
+        .expect("utf-8 endpoint");
+    let reference = reference.to_string();
+    let ep = endpoint.clone();
+    let handle = std::thread::spawn(move || {
+        let reg = ctx.socket(zmq::REQ).expect("req");
+        reg.set_linger(0).expect("linger");
+        reg.connect(&reference).expect("connect to the reference");
+        let mut swallowed = 0;
+        let mut next_hb = Instant::now();
+        let mut first = true;
+        for _ in 0..100_000 {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            if Instant::now() >= next_hb {
+                let request = if first {
+                    Request::Rank {
+                        name: "fake".into(),
+                        endpoint: Some(ep.clone()),
+                    }
+                } else {
+                    Request::Heartbeat {
+                        user: Some("fake".into()),
+                    }
+                };
+                first = false;
+                let env = RequestEnvelope {
+                    request,
+                    meta: Meta::default(),
+                };
+                let bytes = encode_request(&env, Encoding::MsgPack).expect("encode");
+                reg.send(bytes, 0).expect("send to the reference");
+                if reg.poll(zmq::POLLIN, 1000).expect("poll") > 0 {
+                    let _ = reg.recv_bytes(0);
+                }
+                next_hb = Instant::now() + Duration::from_millis(300);
+            }
+            if router.poll(zmq::POLLIN, 50).expect("poll") == 0 {
+                continue;
+            }
+            let Ok(parts) = router.recv_multipart(0) else {
+                continue;
+            };
+            let Some(body) = parts.last() else { continue };
+            let Ok((req, _)) = decode_request(body) else {
+                continue;
+            };
+            let reply = match &req.request {
+                Request::Replicate { .. } => {
+                    swallowed += 1;
+                    continue;
+                }
+                Request::Sync { .. } => Reply::Events {
+                    events: vec![],
+                    more: false,
+                },
+                Request::Clock => Reply::Clock(chat_core::Timestamp::from_millis(0)),
+                _ => Reply::Done,
+            };
+            let env = ReplyEnvelope {
+                service: req.request.service().as_str().into(),
+                reply,
+                meta: Meta {
+                    clock: 1,
+                    timestamp: None,
+                    id: req.meta.id.clone(),
+                },
+            };
+            let mut frames = parts[..parts.len() - 1].to_vec();
+            frames.push(encode_reply(&env, Encoding::MsgPack).expect("encode"));
+            let _ = router.send_multipart(frames, 0);
+        }
+        swallowed
+    });
+    (handle, endpoint)
 }

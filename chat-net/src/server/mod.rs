@@ -62,7 +62,7 @@ pub type PeerEndpoint = String;
 
 /// Runs a server until `shutdown` is raised. Rebuilds state from `store` first.
 pub fn run_server(
-    ctx: &zmq::Context,
+    ctx: &crate::Context,
     cfg: &ServerConfig,
     store: Box<dyn Store>,
     shutdown: &Shutdown,
@@ -72,12 +72,13 @@ pub fn run_server(
 
 /// [`run_server`], reporting the bound peer endpoint on `bound`.
 pub fn run_server_reporting(
-    ctx: &zmq::Context,
+    ctx: &crate::Context,
     cfg: &ServerConfig,
     store: Box<dyn Store>,
     shutdown: &Shutdown,
     bound: Option<crossbeam_channel::Sender<PeerEndpoint>>,
 ) -> Result<(), ServerError> {
+    let ctx = ctx.zmq();
     let mut rt = Runtime::start(ctx, cfg, store)?;
     if let Some(tx) = bound {
         let _ = tx.send(rt.core.peer_endpoint().to_string());
