@@ -192,6 +192,14 @@ pub enum ChatError {
 }
 
 impl ChatError {
+    /// `service` lacks the field `data.field`.
+    pub(crate) fn missing(service: &str, field: &'static str) -> ChatError {
+        ChatError::MissingField {
+            service: service.to_string(),
+            field,
+        }
+    }
+
     /// The stable wire code of this error.
     pub fn code(&self) -> ErrorCode {
         match self {

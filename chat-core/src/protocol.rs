@@ -7,15 +7,15 @@
 use std::collections::BTreeMap;
 
 use crate::codec::{self, CodecError, Encoding};
-use crate::domain::Event;
 use crate::error::{ChatError, ErrorCode};
+use crate::model::{check_clock, Event, EventKind};
 use crate::time::Timestamp;
 use crate::wire::{ServerInfo, ServerStatus, WireData, WireEnvelope, WirePublication};
 
-/// Largest Lamport clock accepted from outside (2^53 - 1, the largest integer every JSON
-/// and JavaScript client represents exactly). Larger values would let one client push every
-/// clock in the cluster to saturation.
-pub const MAX_ACCEPTED_CLOCK: u64 = crate::clock::LamportClock::MAX;
+pub use crate::model::{
+    Announcement, ChannelPost, DirectPost, HistoryPage, HistoryTarget, Meta, Publication,
+    MAX_ACCEPTED_CLOCK,
+};
 
 /// Default number of events in a `sync` answer.
 pub const DEFAULT_SYNC_LIMIT: u32 = 500;
@@ -148,48 +148,6 @@ impl std::fmt::Display for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// Metadata every message carries: Lamport clock, physical time, optional request id.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Meta {
-    /// Lamport clock of the sender (0 when a request carried none).
-    pub clock: u64,
-    /// Physical time of the sender, when given.
-    pub timestamp: Option<Timestamp>,
-    /// Client-chosen request id: a write retried with the same id is applied once.
-    pub id: Option<String>,
-}
-
-impl Meta {
-    /// Metadata with a clock and a timestamp and no id.
-    pub fn new(clock: u64, timestamp: Timestamp) -> Self {
-        Meta {
-            clock,
-            timestamp: Some(timestamp),
-            id: None,
-        }
-    }
-}
-
-/// Whose history a `history` request asks for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum HistoryTarget {
-    /// Posts of a channel.
-    Channel(String),
-    /// Private messages sent or received by a user.
-    User(String),
-}
-
-/// A server's announcement that it is coordinator for a term.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Announcement {
-    /// Name of the coordinator.
-    pub coordinator: String,
-    /// Term of its election (terms only grow).
-    pub term: u64,
-    /// Its rank.
-    pub rank: u64,
 }
 
 /// A request to any component.
@@ -330,6 +288,33 @@ impl Request {
     }
 }
 
+impl EventKind {
+    /// The write a request asks for, if it is a write.
+    pub fn from_request(req: &Request) -> Option<EventKind> {
+        match req {
+            Request::Login { user } => Some(EventKind::UserLoggedIn { user: user.clone() }),
+            Request::Channel { channel } => Some(EventKind::ChannelCreated {
+                channel: channel.clone(),
+            }),
+            Request::Publish {
+                user,
+                channel,
+                message,
+            } => Some(EventKind::ChannelMessage {
+                channel: channel.clone(),
+                user: user.clone(),
+                message: message.clone(),
+            }),
+            Request::Message { src, dst, message } => Some(EventKind::DirectMessage {
+                src: src.clone(),
+                dst: dst.clone(),
+                message: message.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// A request with its metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestEnvelope {
@@ -337,15 +322,6 @@ pub struct RequestEnvelope {
     pub request: Request,
     /// Clock, timestamp, request id.
     pub meta: Meta,
-}
-
-/// One page of `history`, oldest first.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HistoryPage {
-    /// The items, oldest first.
-    pub items: Vec<Publication>,
-    /// Cursor for the next (older) page, when there is one.
-    pub next: Option<String>,
 }
 
 /// The body of an error reply.
@@ -411,154 +387,8 @@ pub struct ReplyEnvelope {
     pub meta: Meta,
 }
 
-/// A private message as published on the recipient's topic and kept in history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirectPost {
-    /// Sender.
-    pub src: String,
-    /// Recipient.
-    pub dst: String,
-    /// Body.
-    pub message: String,
-    /// Physical time stamped by the accepting server.
-    pub timestamp: Timestamp,
-    /// Lamport stamp of the event.
-    pub clock: u64,
-    /// Event id.
-    pub id: Option<String>,
-}
-
-/// A channel post as published on the channel's topic and kept in history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelPost {
-    /// Channel.
-    pub channel: String,
-    /// Author.
-    pub user: String,
-    /// Body.
-    pub message: String,
-    /// Physical time stamped by the accepting server.
-    pub timestamp: Timestamp,
-    /// Lamport stamp of the event.
-    pub clock: u64,
-    /// Event id.
-    pub id: Option<String>,
-}
-
-/// What arrives on a channel or user topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Publication {
-    /// A post on a channel topic.
-    Channel(ChannelPost),
-    /// A private message on a user topic.
-    Direct(DirectPost),
-}
-
-impl Publication {
-    /// The topic this publication goes out on: the channel, or the recipient.
-    pub fn topic(&self) -> &str {
-        match self {
-            Publication::Channel(p) => &p.channel,
-            Publication::Direct(p) => &p.dst,
-        }
-    }
-
-    /// The message body.
-    pub fn message(&self) -> &str {
-        match self {
-            Publication::Channel(p) => &p.message,
-            Publication::Direct(p) => &p.message,
-        }
-    }
-
-    /// Lamport stamp.
-    pub fn clock(&self) -> u64 {
-        match self {
-            Publication::Channel(p) => p.clock,
-            Publication::Direct(p) => p.clock,
-        }
-    }
-
-    /// Converts to the wire shape.
-    pub fn to_wire(&self) -> WirePublication {
-        match self {
-            Publication::Channel(p) => WirePublication {
-                user: Some(p.user.clone()),
-                message: Some(p.message.clone()),
-                timestamp: Some(p.timestamp),
-                clock: Some(p.clock),
-                channel: Some(p.channel.clone()),
-                id: p.id.clone(),
-                ..WirePublication::default()
-            },
-            Publication::Direct(p) => WirePublication {
-                src: Some(p.src.clone()),
-                message: Some(p.message.clone()),
-                timestamp: Some(p.timestamp),
-                clock: Some(p.clock),
-                dst: Some(p.dst.clone()),
-                id: p.id.clone(),
-                ..WirePublication::default()
-            },
-        }
-    }
-
-    /// Reads the wire shape; `topic` fills in the channel or recipient when the payload
-    /// omits it (seed servers do).
-    pub fn from_wire(w: WirePublication, topic: Option<&str>) -> Result<Publication, ChatError> {
-        let message = w.message.ok_or_else(|| missing("publication", "message"))?;
-        let timestamp = w.timestamp.unwrap_or_default();
-        let clock = w.clock.unwrap_or(0);
-        if let Some(src) = w.src {
-            let dst = w
-                .dst
-                .or_else(|| topic.map(str::to_string))
-                .ok_or_else(|| missing("publication", "dst"))?;
-            return Ok(Publication::Direct(DirectPost {
-                src,
-                dst,
-                message,
-                timestamp,
-                clock,
-                id: w.id,
-            }));
-        }
-        let user = w.user.ok_or_else(|| missing("publication", "user"))?;
-        let channel = w
-            .channel
-            .or_else(|| topic.map(str::to_string))
-            .ok_or_else(|| missing("publication", "channel"))?;
-        Ok(Publication::Channel(ChannelPost {
-            channel,
-            user,
-            message,
-            timestamp,
-            clock,
-            id: w.id,
-        }))
-    }
-}
-
-fn missing(service: &str, field: &'static str) -> ChatError {
-    ChatError::MissingField {
-        service: service.to_string(),
-        field,
-    }
-}
-
 fn required(v: Option<String>, service: Service, field: &'static str) -> Result<String, ChatError> {
-    v.ok_or_else(|| missing(service.as_str(), field))
-}
-
-fn check_clock(clock: Option<u64>) -> Result<u64, ChatError> {
-    match clock {
-        Some(c) if c > MAX_ACCEPTED_CLOCK => Err(ChatError::InvalidField {
-            field: "clock",
-            reason: format!("{c} is larger than the largest accepted clock {MAX_ACCEPTED_CLOCK}"),
-        }),
-        Some(c) => Ok(c),
-        None => Ok(0),
-    }
+    v.ok_or_else(|| ChatError::missing(service.as_str(), field))
 }
 
 impl RequestEnvelope {
@@ -677,7 +507,9 @@ impl RequestEnvelope {
                 let target = match (d.channel, d.user) {
                     (Some(c), _) => HistoryTarget::Channel(c),
                     (None, Some(u)) => HistoryTarget::User(u),
-                    (None, None) => return Err(missing("history", "channel` or `data.user")),
+                    (None, None) => {
+                        return Err(ChatError::missing("history", "channel` or `data.user"))
+                    }
                 };
                 let limit = match d.limit {
                     None => DEFAULT_HISTORY_LIMIT,
@@ -712,23 +544,31 @@ impl RequestEnvelope {
             Service::List => Request::List,
             Service::Election => Request::Election {
                 from: required(d.user, service, "user")?,
-                rank: d.rank.ok_or_else(|| missing("election", "rank"))?,
+                rank: d
+                    .rank
+                    .ok_or_else(|| ChatError::missing("election", "rank"))?,
                 term: d.term.unwrap_or(0),
             },
             Service::Coordinator => Request::Coordinator(Announcement {
                 coordinator: required(d.coordinator, service, "coordinator")?,
-                term: d.term.ok_or_else(|| missing("coordinator", "term"))?,
-                rank: d.rank.ok_or_else(|| missing("coordinator", "rank"))?,
+                term: d
+                    .term
+                    .ok_or_else(|| ChatError::missing("coordinator", "term"))?,
+                rank: d
+                    .rank
+                    .ok_or_else(|| ChatError::missing("coordinator", "rank"))?,
             }),
             Service::Clock => Request::Clock,
             Service::Adjust => Request::Adjust {
-                offset_ms: d.adjust_ms.ok_or_else(|| missing("adjust", "adjust_ms"))?,
+                offset_ms: d
+                    .adjust_ms
+                    .ok_or_else(|| ChatError::missing("adjust", "adjust_ms"))?,
             },
             Service::Replicate => Request::Replicate {
                 from: required(d.user, service, "user")?,
                 events: d
                     .events
-                    .ok_or_else(|| missing("replicate", "events"))?
+                    .ok_or_else(|| ChatError::missing("replicate", "events"))?
                     .into_iter()
                     .map(Event::from_wire)
                     .collect::<Result<_, _>>()?,
@@ -817,12 +657,14 @@ impl ReplyEnvelope {
             })
         } else {
             match Service::parse(&name) {
-                Some(Service::Users) => {
-                    Reply::Users(d.users.ok_or_else(|| missing("users", "users"))?)
-                }
-                Some(Service::Channels) => {
-                    Reply::Channels(d.channels.ok_or_else(|| missing("channels", "channels"))?)
-                }
+                Some(Service::Users) => Reply::Users(
+                    d.users
+                        .ok_or_else(|| ChatError::missing("users", "users"))?,
+                ),
+                Some(Service::Channels) => Reply::Channels(
+                    d.channels
+                        .ok_or_else(|| ChatError::missing("channels", "channels"))?,
+                ),
                 Some(Service::History) => Reply::History(HistoryPage {
                     items: d
                         .messages
@@ -833,18 +675,24 @@ impl ReplyEnvelope {
                     next: d.next,
                 }),
                 Some(Service::Status) => Reply::Status(Box::new(
-                    d.server.ok_or_else(|| missing("status", "server"))?,
+                    d.server
+                        .ok_or_else(|| ChatError::missing("status", "server"))?,
                 )),
-                Some(Service::Rank) => Reply::Rank(d.rank.ok_or_else(|| missing("rank", "rank"))?),
-                Some(Service::List) => Reply::List(d.list.ok_or_else(|| missing("list", "list"))?),
-                Some(Service::Election) => Reply::Election,
-                Some(Service::Replicate) => {
-                    Reply::Vector(d.vector.ok_or_else(|| missing("replicate", "vector"))?)
+                Some(Service::Rank) => {
+                    Reply::Rank(d.rank.ok_or_else(|| ChatError::missing("rank", "rank"))?)
                 }
+                Some(Service::List) => {
+                    Reply::List(d.list.ok_or_else(|| ChatError::missing("list", "list"))?)
+                }
+                Some(Service::Election) => Reply::Election,
+                Some(Service::Replicate) => Reply::Vector(
+                    d.vector
+                        .ok_or_else(|| ChatError::missing("replicate", "vector"))?,
+                ),
                 Some(Service::Sync) => Reply::Events {
                     events: d
                         .events
-                        .ok_or_else(|| missing("sync", "events"))?
+                        .ok_or_else(|| ChatError::missing("sync", "events"))?
                         .into_iter()
                         .map(Event::from_wire)
                         .collect::<Result<_, _>>()?,
@@ -853,7 +701,7 @@ impl ReplyEnvelope {
                 Some(Service::Clock) => Reply::Clock(
                     d.time
                         .or(d.timestamp)
-                        .ok_or_else(|| missing("clock", "time"))?,
+                        .ok_or_else(|| ChatError::missing("clock", "time"))?,
                 ),
                 _ => Reply::Done,
             }
@@ -973,7 +821,7 @@ pub fn decode_announcement(bytes: &[u8]) -> Result<(Announcement, Meta), ChatErr
     let a = Announcement {
         coordinator: d
             .coordinator
-            .ok_or_else(|| missing("election", "coordinator"))?,
+            .ok_or_else(|| ChatError::missing("election", "coordinator"))?,
         term: d.term.unwrap_or(0),
         rank: d.rank.unwrap_or(0),
     };

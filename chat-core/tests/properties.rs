@@ -9,8 +9,8 @@
 
 use std::collections::BTreeSet;
 
-use chat_core::domain::Stamp;
 use chat_core::error::ErrorCode;
+use chat_core::model::Stamp;
 use chat_core::protocol::{
     decode_announcement, decode_publication, decode_reply, decode_request, encode_announcement,
     encode_publication, encode_reply, encode_request, ErrorReply, MAX_ACCEPTED_CLOCK,
