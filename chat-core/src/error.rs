@@ -143,6 +143,11 @@ pub enum ChatError {
         /// Where to ask instead.
         reason: &'static str,
     },
+    /// The service exists but the reference service does not offer it.
+    #[error(
+        "service `{0}` is not offered by the reference service (it offers rank, list, heartbeat)"
+    )]
+    NotOfferedByReference(String),
     /// A user or channel name breaks the naming rules.
     #[error("invalid {kind} name {name:?}: {reason}")]
     InvalidName {
@@ -207,9 +212,9 @@ impl ChatError {
             | ChatError::MissingService
             | ChatError::MissingField { .. }
             | ChatError::InvalidField { .. } => ErrorCode::BadRequest,
-            ChatError::UnknownService(_) | ChatError::NotOffered { .. } => {
-                ErrorCode::UnknownService
-            }
+            ChatError::UnknownService(_)
+            | ChatError::NotOffered { .. }
+            | ChatError::NotOfferedByReference(_) => ErrorCode::UnknownService,
             ChatError::InvalidName { .. } => ErrorCode::InvalidName,
             ChatError::ReservedName { .. } => ErrorCode::ReservedName,
             ChatError::UnknownChannel(_) => ErrorCode::UnknownChannel,

@@ -16,8 +16,10 @@
 //!   (uses `clock`, `error`, `time`).
 //! - [`wire`]: the flat serde structs that are actually encoded, and the conversions between
 //!   them and `model` (uses `model`, `codec`, `error`, `time`).
-//! - [`protocol`]: typed requests and replies, and the decode and encode functions of every
-//!   frame (uses `model`, `wire`, `codec`, `error`, `time`).
+//! - [`protocol`]: typed requests and replies, the requests each role takes
+//!   ([`ClientRequest`], [`PeerRequest`], [`ReferenceRequest`], built of [`Read`], [`Write`]
+//!   and [`Presence`]), and the decode and encode functions of every frame (uses `model`,
+//!   `wire`, `codec`, `error`, `time`).
 //! - [`domain`]: [`ChatState`], the replicated state machine (validate, apply, query; uses
 //!   `model`, `validate`, `error`, `time`; knows nothing of the wire).
 //! - [`ratelimit`]: per-user token buckets for writes (flood protection), bounded in size
@@ -44,7 +46,10 @@ pub use model::{
     Announcement, ChannelPost, DirectPost, Event, EventId, EventKind, HistoryPage, HistoryTarget,
     Meta, Publication, Stamp,
 };
-pub use protocol::{Reply, ReplyEnvelope, Request, RequestEnvelope, Service};
+pub use protocol::{
+    ClientRequest, PeerRequest, Presence, Read, ReferenceRequest, Reply, ReplyEnvelope, Request,
+    RequestEnvelope, Service, Write,
+};
 pub use time::Timestamp;
 pub use validate::Limits;
 pub use wire::{ServerInfo, ServerStatus};

@@ -214,6 +214,11 @@ pub enum Request {
     Heartbeat {
         /// Client or server name.
         user: Option<String>,
+        /// The rank the server holds (to the reference, which re-registers a server it
+        /// forgot); clients and peers leave it out.
+        rank: Option<u64>,
+        /// The server's peer endpoint (to the reference); clients and peers leave it out.
+        endpoint: Option<String>,
     },
     /// `rank` (reference): a rank for server `name`, listening for peers on `endpoint`.
     Rank {
@@ -221,6 +226,8 @@ pub enum Request {
         name: String,
         /// Its peer endpoint.
         endpoint: Option<String>,
+        /// The rank it held before, which it keeps when no other server took it.
+        rank: Option<u64>,
     },
     /// `list` (reference): live servers.
     List,
@@ -288,38 +295,538 @@ impl Request {
     }
 }
 
-impl EventKind {
-    /// The write a request asks for, if it is a write.
-    pub fn from_request(req: &Request) -> Option<EventKind> {
-        match req {
-            Request::Login { user } => Some(EventKind::UserLoggedIn { user: user.clone() }),
-            Request::Channel { channel } => Some(EventKind::ChannelCreated {
-                channel: channel.clone(),
-            }),
-            Request::Publish {
-                user,
-                channel,
-                message,
-            } => Some(EventKind::ChannelMessage {
-                channel: channel.clone(),
-                user: user.clone(),
-                message: message.clone(),
-            }),
-            Request::Message { src, dst, message } => Some(EventKind::DirectMessage {
-                src: src.clone(),
-                dst: dst.clone(),
-                message: message.clone(),
-            }),
-            _ => None,
+// ----- requests by role -------------------------------------------------------------------
+//
+// Each component takes the requests of one role, and decodes frames straight into that
+// role's type (`decode_client_request`, `decode_peer_request`, `decode_reference_request`):
+// a service the role does not offer is refused while decoding, with the error reply the
+// component has always given, so a peer-only request cannot reach the client path.
+
+/// Why a chat server refuses, from a client, a service that is not a client's.
+const NOT_A_CLIENT_SERVICE: &str = "chat servers answer chat services; ranks and lists are the reference's, the rest is server-to-server";
+
+/// Why a chat server refuses, on its peer socket, a service that is not a peer's.
+const NOT_A_PEER_SERVICE: &str =
+    "the peer socket takes server-to-server requests and reads; writes go through the broker";
+
+/// A read of the replicated state, answered from a chat server's memory (clients through
+/// the broker, peers on the peer socket).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// `users`: list users.
+    Users,
+    /// `channels`: list channels.
+    Channels,
+    /// `history`: a page of past posts or private messages, oldest first.
+    History {
+        /// Channel or user.
+        target: HistoryTarget,
+        /// Only items older than this cursor (from a previous page's `next`).
+        before: Option<String>,
+        /// Page size (default 50, at most 1000).
+        limit: u32,
+    },
+}
+
+impl Read {
+    /// The service of this read.
+    pub fn service(&self) -> Service {
+        match self {
+            Read::Users => Service::Users,
+            Read::Channels => Service::Channels,
+            Read::History { .. } => Service::History,
         }
     }
 }
 
-/// A request with its metadata.
+/// A write a client asks of a chat server, which validates it and turns it into an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestEnvelope {
+pub enum Write {
+    /// `login`: register `user`.
+    Login {
+        /// User name.
+        user: String,
+    },
+    /// `channel`: create `channel`.
+    Channel {
+        /// Channel name.
+        channel: String,
+    },
+    /// `publish`: post `message` to `channel` as `user`.
+    Publish {
+        /// Author.
+        user: String,
+        /// Channel.
+        channel: String,
+        /// Body.
+        message: String,
+    },
+    /// `message`: private message from `src` to `dst`.
+    Message {
+        /// Sender.
+        src: String,
+        /// Recipient.
+        dst: String,
+        /// Body.
+        message: String,
+    },
+}
+
+impl Write {
+    /// The service of this write.
+    pub fn service(&self) -> Service {
+        match self {
+            Write::Login { .. } => Service::Login,
+            Write::Channel { .. } => Service::Channel,
+            Write::Publish { .. } => Service::Publish,
+            Write::Message { .. } => Service::Message,
+        }
+    }
+}
+
+impl From<Write> for EventKind {
+    fn from(w: Write) -> EventKind {
+        match w {
+            Write::Login { user } => EventKind::UserLoggedIn { user },
+            Write::Channel { channel } => EventKind::ChannelCreated { channel },
+            Write::Publish {
+                user,
+                channel,
+                message,
+            } => EventKind::ChannelMessage {
+                channel,
+                user,
+                message,
+            },
+            Write::Message { src, dst, message } => EventKind::DirectMessage { src, dst, message },
+        }
+    }
+}
+
+/// A client's presence hint (seed 003), answered `OK` and otherwise ignored: the
+/// subscription itself is the client's SUB socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    /// `subscribe`: interest in a channel.
+    Subscribe {
+        /// Who.
+        user: Option<String>,
+        /// Which channel.
+        channel: Option<String>,
+    },
+    /// `unsubscribe`: loss of interest in a channel.
+    Unsubscribe {
+        /// Who.
+        user: Option<String>,
+        /// Which channel.
+        channel: Option<String>,
+    },
+    /// `heartbeat`: the client is still there.
+    Heartbeat {
+        /// Client name.
+        user: Option<String>,
+    },
+}
+
+impl Presence {
+    /// The service of this hint.
+    pub fn service(&self) -> Service {
+        match self {
+            Presence::Subscribe { .. } => Service::Subscribe,
+            Presence::Unsubscribe { .. } => Service::Unsubscribe,
+            Presence::Heartbeat { .. } => Service::Heartbeat,
+        }
+    }
+}
+
+/// What a client may ask a chat server (through the broker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientRequest {
+    /// `login`, `channel`, `publish`, `message`.
+    Write(Write),
+    /// `users`, `channels`, `history`.
+    Read(Read),
+    /// `status`: what the server knows about itself and the cluster.
+    Status,
+    /// `subscribe`, `unsubscribe`, `heartbeat`.
+    Presence(Presence),
+}
+
+impl ClientRequest {
+    /// The service of this request.
+    pub fn service(&self) -> Service {
+        match self {
+            ClientRequest::Write(w) => w.service(),
+            ClientRequest::Read(r) => r.service(),
+            ClientRequest::Status => Service::Status,
+            ClientRequest::Presence(p) => p.service(),
+        }
+    }
+}
+
+/// What a chat server may ask another on its peer socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerRequest {
+    /// `users`, `channels`, `history`: one server's own view.
+    Read(Read),
+    /// `status`: what the server knows about itself and the cluster.
+    Status,
+    /// `heartbeat`: liveness of the sender.
+    Heartbeat {
+        /// The sending server.
+        user: Option<String>,
+    },
+    /// `election`: `from` with `rank` starts an election in `term` (Bully).
+    Election {
+        /// Sender.
+        from: String,
+        /// Sender's rank.
+        rank: u64,
+        /// Election term.
+        term: u64,
+    },
+    /// `coordinator`: the winner tells a peer directly.
+    Coordinator(Announcement),
+    /// `clock`: read the physical clock (Berkeley).
+    Clock,
+    /// `adjust`: correct the physical clock by `offset_ms` (Berkeley).
+    Adjust {
+        /// Correction in milliseconds.
+        offset_ms: i64,
+    },
+    /// `replicate`: events pushed by `from`; answered once they are durable.
+    Replicate {
+        /// Sender.
+        from: String,
+        /// The events, in sequence order per origin.
+        events: Vec<Event>,
+    },
+    /// `sync`: `from` asks for events beyond its version `vector`.
+    Sync {
+        /// Sender.
+        from: String,
+        /// Highest contiguous sequence number the sender has, per origin.
+        vector: BTreeMap<String, u64>,
+        /// Most events in the answer.
+        limit: u32,
+    },
+}
+
+impl PeerRequest {
+    /// The service of this request.
+    pub fn service(&self) -> Service {
+        match self {
+            PeerRequest::Read(r) => r.service(),
+            PeerRequest::Status => Service::Status,
+            PeerRequest::Heartbeat { .. } => Service::Heartbeat,
+            PeerRequest::Election { .. } => Service::Election,
+            PeerRequest::Coordinator(_) => Service::Coordinator,
+            PeerRequest::Clock => Service::Clock,
+            PeerRequest::Adjust { .. } => Service::Adjust,
+            PeerRequest::Replicate { .. } => Service::Replicate,
+            PeerRequest::Sync { .. } => Service::Sync,
+        }
+    }
+}
+
+/// What a server may ask the reference service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReferenceRequest {
+    /// `rank`: a rank for server `name`, listening for peers on `endpoint`.
+    Rank {
+        /// Server name.
+        name: String,
+        /// Its peer endpoint.
+        endpoint: Option<String>,
+        /// The rank it held before, which it keeps when no other server took it.
+        rank: Option<u64>,
+    },
+    /// `list`: live servers.
+    List,
+    /// `heartbeat`: the server is alive.
+    Heartbeat {
+        /// Server name (required by the reference, which says so when it is missing).
+        user: Option<String>,
+        /// The rank it holds (re-registers it with a reference that forgot it).
+        rank: Option<u64>,
+        /// Its peer endpoint.
+        endpoint: Option<String>,
+    },
+}
+
+impl ReferenceRequest {
+    /// The service of this request.
+    pub fn service(&self) -> Service {
+        match self {
+            ReferenceRequest::Rank { .. } => Service::Rank,
+            ReferenceRequest::List => Service::List,
+            ReferenceRequest::Heartbeat { .. } => Service::Heartbeat,
+        }
+    }
+}
+
+impl TryFrom<Request> for ClientRequest {
+    type Error = ChatError;
+
+    /// The request as a client's; a service clients may not use is refused
+    /// (`unknown_service`).
+    fn try_from(r: Request) -> Result<ClientRequest, ChatError> {
+        Ok(match r {
+            Request::Login { user } => ClientRequest::Write(Write::Login { user }),
+            Request::Channel { channel } => ClientRequest::Write(Write::Channel { channel }),
+            Request::Publish {
+                user,
+                channel,
+                message,
+            } => ClientRequest::Write(Write::Publish {
+                user,
+                channel,
+                message,
+            }),
+            Request::Message { src, dst, message } => {
+                ClientRequest::Write(Write::Message { src, dst, message })
+            }
+            Request::Users => ClientRequest::Read(Read::Users),
+            Request::Channels => ClientRequest::Read(Read::Channels),
+            Request::History {
+                target,
+                before,
+                limit,
+            } => ClientRequest::Read(Read::History {
+                target,
+                before,
+                limit,
+            }),
+            Request::Status => ClientRequest::Status,
+            Request::Subscribe { user, channel } => {
+                ClientRequest::Presence(Presence::Subscribe { user, channel })
+            }
+            Request::Unsubscribe { user, channel } => {
+                ClientRequest::Presence(Presence::Unsubscribe { user, channel })
+            }
+            Request::Heartbeat { user, .. } => {
+                ClientRequest::Presence(Presence::Heartbeat { user })
+            }
+            other @ (Request::Rank { .. }
+            | Request::List
+            | Request::Election { .. }
+            | Request::Coordinator(_)
+            | Request::Clock
+            | Request::Adjust { .. }
+            | Request::Replicate { .. }
+            | Request::Sync { .. }) => {
+                return Err(ChatError::NotOffered {
+                    service: other.service().as_str().to_string(),
+                    reason: NOT_A_CLIENT_SERVICE,
+                })
+            }
+        })
+    }
+}
+
+impl TryFrom<Request> for PeerRequest {
+    type Error = ChatError;
+
+    /// The request as a peer's; a service peers may not use is refused (`unknown_service`).
+    fn try_from(r: Request) -> Result<PeerRequest, ChatError> {
+        Ok(match r {
+            Request::Users => PeerRequest::Read(Read::Users),
+            Request::Channels => PeerRequest::Read(Read::Channels),
+            Request::History {
+                target,
+                before,
+                limit,
+            } => PeerRequest::Read(Read::History {
+                target,
+                before,
+                limit,
+            }),
+            Request::Status => PeerRequest::Status,
+            Request::Heartbeat { user, .. } => PeerRequest::Heartbeat { user },
+            Request::Election { from, rank, term } => PeerRequest::Election { from, rank, term },
+            Request::Coordinator(a) => PeerRequest::Coordinator(a),
+            Request::Clock => PeerRequest::Clock,
+            Request::Adjust { offset_ms } => PeerRequest::Adjust { offset_ms },
+            Request::Replicate { from, events } => PeerRequest::Replicate { from, events },
+            Request::Sync {
+                from,
+                vector,
+                limit,
+            } => PeerRequest::Sync {
+                from,
+                vector,
+                limit,
+            },
+            other @ (Request::Login { .. }
+            | Request::Channel { .. }
+            | Request::Publish { .. }
+            | Request::Message { .. }
+            | Request::Subscribe { .. }
+            | Request::Unsubscribe { .. }
+            | Request::Rank { .. }
+            | Request::List) => {
+                return Err(ChatError::NotOffered {
+                    service: other.service().as_str().to_string(),
+                    reason: NOT_A_PEER_SERVICE,
+                })
+            }
+        })
+    }
+}
+
+impl TryFrom<Request> for ReferenceRequest {
+    type Error = ChatError;
+
+    /// The request as one for the reference; any other service is refused
+    /// (`unknown_service`).
+    fn try_from(r: Request) -> Result<ReferenceRequest, ChatError> {
+        Ok(match r {
+            Request::Rank {
+                name,
+                endpoint,
+                rank,
+            } => ReferenceRequest::Rank {
+                name,
+                endpoint,
+                rank,
+            },
+            Request::List => ReferenceRequest::List,
+            Request::Heartbeat {
+                user,
+                rank,
+                endpoint,
+            } => ReferenceRequest::Heartbeat {
+                user,
+                rank,
+                endpoint,
+            },
+            other => {
+                return Err(ChatError::NotOfferedByReference(
+                    other.service().to_string(),
+                ))
+            }
+        })
+    }
+}
+
+impl From<Write> for Request {
+    fn from(w: Write) -> Request {
+        match w {
+            Write::Login { user } => Request::Login { user },
+            Write::Channel { channel } => Request::Channel { channel },
+            Write::Publish {
+                user,
+                channel,
+                message,
+            } => Request::Publish {
+                user,
+                channel,
+                message,
+            },
+            Write::Message { src, dst, message } => Request::Message { src, dst, message },
+        }
+    }
+}
+
+impl From<Read> for Request {
+    fn from(r: Read) -> Request {
+        match r {
+            Read::Users => Request::Users,
+            Read::Channels => Request::Channels,
+            Read::History {
+                target,
+                before,
+                limit,
+            } => Request::History {
+                target,
+                before,
+                limit,
+            },
+        }
+    }
+}
+
+impl From<ClientRequest> for Request {
+    fn from(r: ClientRequest) -> Request {
+        match r {
+            ClientRequest::Write(w) => w.into(),
+            ClientRequest::Read(r) => r.into(),
+            ClientRequest::Status => Request::Status,
+            ClientRequest::Presence(Presence::Subscribe { user, channel }) => {
+                Request::Subscribe { user, channel }
+            }
+            ClientRequest::Presence(Presence::Unsubscribe { user, channel }) => {
+                Request::Unsubscribe { user, channel }
+            }
+            ClientRequest::Presence(Presence::Heartbeat { user }) => Request::Heartbeat {
+                user,
+                rank: None,
+                endpoint: None,
+            },
+        }
+    }
+}
+
+impl From<PeerRequest> for Request {
+    fn from(r: PeerRequest) -> Request {
+        match r {
+            PeerRequest::Read(r) => r.into(),
+            PeerRequest::Status => Request::Status,
+            PeerRequest::Heartbeat { user } => Request::Heartbeat {
+                user,
+                rank: None,
+                endpoint: None,
+            },
+            PeerRequest::Election { from, rank, term } => Request::Election { from, rank, term },
+            PeerRequest::Coordinator(a) => Request::Coordinator(a),
+            PeerRequest::Clock => Request::Clock,
+            PeerRequest::Adjust { offset_ms } => Request::Adjust { offset_ms },
+            PeerRequest::Replicate { from, events } => Request::Replicate { from, events },
+            PeerRequest::Sync {
+                from,
+                vector,
+                limit,
+            } => Request::Sync {
+                from,
+                vector,
+                limit,
+            },
+        }
+    }
+}
+
+impl From<ReferenceRequest> for Request {
+    fn from(r: ReferenceRequest) -> Request {
+        match r {
+            ReferenceRequest::Rank {
+                name,
+                endpoint,
+                rank,
+            } => Request::Rank {
+                name,
+                endpoint,
+                rank,
+            },
+            ReferenceRequest::List => Request::List,
+            ReferenceRequest::Heartbeat {
+                user,
+                rank,
+                endpoint,
+            } => Request::Heartbeat {
+                user,
+                rank,
+                endpoint,
+            },
+        }
+    }
+}
+
+/// A request with its metadata: any request ([`Request`], the default), or the request of
+/// one role ([`ClientRequest`], [`PeerRequest`], [`ReferenceRequest`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestEnvelope<R = Request> {
     /// What is asked.
-    pub request: Request,
+    pub request: R,
     /// Clock, timestamp, request id.
     pub meta: Meta,
 }
@@ -433,10 +940,23 @@ impl RequestEnvelope {
                 d.user = user.clone();
                 d.channel = channel.clone();
             }
-            Request::Heartbeat { user } => d.user = user.clone(),
-            Request::Rank { name, endpoint } => {
+            Request::Heartbeat {
+                user,
+                rank,
+                endpoint,
+            } => {
+                d.user = user.clone();
+                d.rank = *rank;
+                d.endpoint = endpoint.clone();
+            }
+            Request::Rank {
+                name,
+                endpoint,
+                rank,
+            } => {
                 d.user = Some(name.clone());
                 d.endpoint = endpoint.clone();
+                d.rank = *rank;
             }
             Request::Election { from, rank, term } => {
                 d.user = Some(from.clone());
@@ -536,10 +1056,15 @@ impl RequestEnvelope {
                 user: d.user,
                 channel: d.channel,
             },
-            Service::Heartbeat => Request::Heartbeat { user: d.user },
+            Service::Heartbeat => Request::Heartbeat {
+                user: d.user,
+                rank: d.rank,
+                endpoint: d.endpoint,
+            },
             Service::Rank => Request::Rank {
                 name: required(d.user, service, "user")?,
                 endpoint: d.endpoint,
+                rank: d.rank,
             },
             Service::List => Request::List,
             Service::Election => Request::Election {
@@ -745,7 +1270,21 @@ pub struct RequestFailure {
     pub id: Option<String>,
 }
 
-/// Decodes a request frame (MessagePack or JSON).
+impl RequestFailure {
+    /// Whether the frame is a well-formed request whose service the decoding role does not
+    /// offer (rather than a frame that is not a valid request at all).
+    pub fn not_offered(&self) -> bool {
+        matches!(
+            self.error,
+            ChatError::NotOffered { .. } | ChatError::NotOfferedByReference(_)
+        )
+    }
+}
+
+/// Decodes a request frame (MessagePack or JSON) into any request: what encoders, tests and
+/// the broker (which only reads a request's service, clock and id) use. A component that
+/// serves requests decodes them with its role's function instead: [`decode_client_request`],
+/// [`decode_peer_request`] or [`decode_reference_request`].
 pub fn decode_request(bytes: &[u8]) -> Result<(RequestEnvelope, Encoding), Box<RequestFailure>> {
     let (wire, encoding) = codec::decode::<WireEnvelope>(bytes).map_err(|(e, encoding)| {
         Box::new(RequestFailure {
@@ -772,6 +1311,58 @@ pub fn decode_request(bytes: &[u8]) -> Result<(RequestEnvelope, Encoding), Box<R
                 id,
             })
         })
+}
+
+/// Decodes a request frame into the request of one role, `R` ([`ClientRequest`],
+/// [`PeerRequest`], [`ReferenceRequest`]). The frame is first read and checked as any
+/// request (so a malformed request is `bad_request` whoever it was sent to); a service the
+/// role does not offer then fails with the role's `unknown_service` error, and the failure
+/// carries the service, clock and id read, like any other.
+pub fn decode_request_as<R>(
+    bytes: &[u8],
+) -> Result<(RequestEnvelope<R>, Encoding), Box<RequestFailure>>
+where
+    R: TryFrom<Request, Error = ChatError>,
+{
+    let (RequestEnvelope { request, meta }, encoding) = decode_request(bytes)?;
+    let service = request.service();
+    match R::try_from(request) {
+        Ok(request) => Ok((RequestEnvelope { request, meta }, encoding)),
+        Err(error) => Err(Box::new(RequestFailure {
+            error,
+            encoding,
+            service: Some(service.as_str().to_string()),
+            clock: meta.clock,
+            id: meta.id,
+        })),
+    }
+}
+
+/// Decodes a request sent by a client to a chat server (through the broker). A service
+/// that is not a client's (`rank`, `election`, `adjust`, ...) fails with `unknown_service`:
+/// "service `adjust` is not offered here: chat servers answer chat services; ...".
+pub fn decode_client_request(
+    bytes: &[u8],
+) -> Result<(RequestEnvelope<ClientRequest>, Encoding), Box<RequestFailure>> {
+    decode_request_as(bytes)
+}
+
+/// Decodes a request sent to a chat server's peer socket. A service that is not a peer's
+/// (writes, presence hints, `rank`, `list`) fails with `unknown_service`: "service `login`
+/// is not offered here: the peer socket takes server-to-server requests and reads; ...".
+pub fn decode_peer_request(
+    bytes: &[u8],
+) -> Result<(RequestEnvelope<PeerRequest>, Encoding), Box<RequestFailure>> {
+    decode_request_as(bytes)
+}
+
+/// Decodes a request sent to the reference service. Any service but `rank`, `list` and
+/// `heartbeat` fails with `unknown_service`: "service `publish` is not offered by the
+/// reference service (it offers rank, list, heartbeat)".
+pub fn decode_reference_request(
+    bytes: &[u8],
+) -> Result<(RequestEnvelope<ReferenceRequest>, Encoding), Box<RequestFailure>> {
+    decode_request_as(bytes)
 }
 
 /// Encodes a request.

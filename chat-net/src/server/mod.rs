@@ -35,12 +35,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chat_core::protocol::{
-    decode_announcement, decode_request, encode_announcement, encode_publication, encode_reply,
-    RequestFailure, DEFAULT_SYNC_LIMIT,
+    decode_announcement, decode_client_request, decode_peer_request, encode_announcement,
+    encode_publication, encode_reply, RequestFailure, DEFAULT_SYNC_LIMIT,
 };
 use chat_core::{
-    ChatError, Encoding, Event, Limits, Meta, Reply, ReplyEnvelope, Request, RequestEnvelope,
-    ServerInfo, ServerStatus, Timestamp, TOPIC_REPLICATION, TOPIC_SERVERS,
+    ChatError, ClientRequest, Encoding, Event, Limits, Meta, PeerRequest, Reply, ReplyEnvelope,
+    Request, RequestEnvelope, ServerInfo, ServerStatus, Timestamp, TOPIC_REPLICATION,
+    TOPIC_SERVERS,
 };
 use chat_store::{Store, StoreError};
 use chat_sync::{
@@ -528,16 +529,20 @@ impl<'a> Runtime<'a> {
 
     fn client_request(&mut self, token: u64, body: &[u8]) {
         let now_ts = self.clock.now();
-        let (env, encoding) = match decode_request(body) {
+        let (env, encoding) = match decode_client_request(body) {
             Ok(ok) => ok,
             Err(f) => {
+                if f.not_offered() {
+                    // A well-formed request of another role counts as a request, as before.
+                    self.berkeley.note_request(Instant::now(), now_ts.millis());
+                }
                 let reply = self.node.handle_failure(&f, now_ts);
                 self.queue_reply(token, &reply, f.encoding);
                 return;
             }
         };
         self.berkeley.note_request(Instant::now(), now_ts.millis());
-        if env.request == Request::Status {
+        if env.request == ClientRequest::Status {
             self.node.observe(env.meta.clock);
             let reply = ReplyEnvelope {
                 service: "status".into(),
@@ -547,7 +552,7 @@ impl<'a> Runtime<'a> {
             self.queue_reply(token, &reply, encoding);
             return;
         }
-        let Handled { reply, hold_for } = self.node.handle_request(env, now_ts);
+        let Handled { reply, hold_for } = self.node.handle_client_request(env, now_ts);
         match hold_for {
             Some(seq) => match encode_reply(&reply, encoding) {
                 Ok(bytes) => self.repl.hold(
@@ -649,7 +654,7 @@ impl<'a> Runtime<'a> {
             }
             let (envelope, body) = parts.split_at(split);
             let envelope = envelope.to_vec();
-            let reply = match decode_request(&body[0]) {
+            let reply = match decode_peer_request(&body[0]) {
                 Ok((env, _)) => self.peer_request(now, env),
                 Err(f) => PeerReply::Ready(self.failure_reply(&f)),
             };
@@ -664,7 +669,7 @@ impl<'a> Runtime<'a> {
         self.node.handle_failure(f, now_ts)
     }
 
-    fn peer_request(&mut self, now: Instant, env: RequestEnvelope) -> PeerReply {
+    fn peer_request(&mut self, now: Instant, env: RequestEnvelope<PeerRequest>) -> PeerReply {
         self.node.observe(env.meta.clock);
         let service = env.request.service();
         let id = env.meta.id.clone();
@@ -676,7 +681,7 @@ impl<'a> Runtime<'a> {
             })
         };
         match env.request {
-            Request::Heartbeat { user } => {
+            PeerRequest::Heartbeat { user } => {
                 if let Some(u) = user {
                     if self.peers.contains(&u) {
                         self.fd.heard(now, &u);
@@ -684,7 +689,7 @@ impl<'a> Runtime<'a> {
                 }
                 done(self, Reply::Done)
             }
-            Request::Election { from, rank, term } => {
+            PeerRequest::Election { from, rank, term } => {
                 self.fd.heard(now, &from);
                 let ok = match self.bully.as_mut() {
                     Some(b) => {
@@ -702,22 +707,22 @@ impl<'a> Runtime<'a> {
                 };
                 done(self, if ok { Reply::Election } else { Reply::Done })
             }
-            Request::Coordinator(a) => {
+            PeerRequest::Coordinator(a) => {
                 self.fd.heard(now, &a.coordinator);
                 if let Some(b) = self.bully.as_mut() {
                     b.handle_announcement(now, a);
                 }
                 done(self, Reply::Done)
             }
-            Request::Clock => {
+            PeerRequest::Clock => {
                 let t = self.clock.now();
                 done(self, Reply::Clock(t))
             }
-            Request::Adjust { offset_ms } => {
+            PeerRequest::Adjust { offset_ms } => {
                 self.adjust_clock(offset_ms);
                 done(self, Reply::Done)
             }
-            Request::Replicate { from, events } => {
+            PeerRequest::Replicate { from, events } => {
                 if !self.peers.contains(&from) {
                     // Only servers the reference lists may write into our state (the sender
                     // retries after its ack timeout, by when our list knows a new peer).
@@ -733,7 +738,7 @@ impl<'a> Runtime<'a> {
                 }
                 PeerReply::Vector(service.as_str().to_string(), id)
             }
-            Request::Sync {
+            PeerRequest::Sync {
                 from,
                 vector,
                 limit,
@@ -743,27 +748,20 @@ impl<'a> Runtime<'a> {
                 }
                 PeerReply::Sync { vector, limit, id }
             }
-            Request::Status => {
+            PeerRequest::Status => {
                 let s = self.status();
                 done(self, Reply::Status(Box::new(s)))
             }
-            r @ (Request::Users | Request::Channels | Request::History { .. }) => {
+            PeerRequest::Read(read) => {
                 let now_ts = self.clock.now();
-                let handled = self.node.handle_request(
+                let handled = self.node.handle_client_request(
                     RequestEnvelope {
-                        request: r,
+                        request: ClientRequest::Read(read),
                         meta: env.meta,
                     },
                     now_ts,
                 );
                 PeerReply::Ready(handled.reply)
-            }
-            other => {
-                let e = ChatError::NotOffered {
-                    service: other.service().as_str().to_string(),
-                    reason: "the peer socket takes server-to-server requests and reads; writes go through the broker",
-                };
-                done(self, Reply::Error((&e).into()))
             }
         }
     }
@@ -958,6 +956,8 @@ impl<'a> Runtime<'a> {
         for peer in self.fd.due_heartbeats(now) {
             let req = Request::Heartbeat {
                 user: Some(self.cfg.name.clone()),
+                rank: None,
+                endpoint: None,
             };
             let meta = self.meta(None);
             // A send that fails (link still connecting, or peer gone) is not a missed
