@@ -1255,6 +1255,13 @@ pub fn announcement_to_wire(a: &Announcement, meta: &Meta) -> WireEnvelope {
     }
 }
 
+// What each frame must be, named in the error when its top level is not a map.
+const REQUEST_SHAPE: &str = "a request: a map with `service` and `data`";
+const REPLY_SHAPE: &str = "a reply: a map with `service` and `data`";
+const ANNOUNCEMENT_SHAPE: &str = "an announcement: a map with `service` and `data`";
+const PUBLICATION_SHAPE: &str =
+    "a publication: a map with `message` and `user` (channel post) or `src` (private message)";
+
 /// Why a request frame could not be turned into a request, with what is needed to answer it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestFailure {
@@ -1286,7 +1293,8 @@ impl RequestFailure {
 /// serves requests decodes them with its role's function instead: [`decode_client_request`],
 /// [`decode_peer_request`] or [`decode_reference_request`].
 pub fn decode_request(bytes: &[u8]) -> Result<(RequestEnvelope, Encoding), Box<RequestFailure>> {
-    let (wire, encoding) = codec::decode::<WireEnvelope>(bytes).map_err(|(e, encoding)| {
+    let decoded = codec::decode_map::<WireEnvelope>(bytes, REQUEST_SHAPE);
+    let (wire, encoding) = decoded.map_err(|(e, encoding)| {
         Box::new(RequestFailure {
             error: ChatError::BadFrame(e.0),
             encoding,
@@ -1372,8 +1380,8 @@ pub fn encode_request(env: &RequestEnvelope, encoding: Encoding) -> Result<Vec<u
 
 /// Decodes a reply frame (MessagePack or JSON).
 pub fn decode_reply(bytes: &[u8]) -> Result<(ReplyEnvelope, Encoding), ChatError> {
-    let (wire, encoding) =
-        codec::decode::<WireEnvelope>(bytes).map_err(|(e, _)| ChatError::BadFrame(e.0))?;
+    let (wire, encoding) = codec::decode_map::<WireEnvelope>(bytes, REPLY_SHAPE)
+        .map_err(|(e, _)| ChatError::BadFrame(e.0))?;
     Ok((ReplyEnvelope::from_wire(wire)?, encoding))
 }
 
@@ -1389,8 +1397,8 @@ pub fn encode_publication(p: &Publication, encoding: Encoding) -> Result<Vec<u8>
 
 /// Decodes a publication received on `topic`.
 pub fn decode_publication(topic: &str, bytes: &[u8]) -> Result<Publication, ChatError> {
-    let (wire, _) =
-        codec::decode::<WirePublication>(bytes).map_err(|(e, _)| ChatError::BadFrame(e.0))?;
+    let (wire, _) = codec::decode_map::<WirePublication>(bytes, PUBLICATION_SHAPE)
+        .map_err(|(e, _)| ChatError::BadFrame(e.0))?;
     let p = Publication::from_wire(wire, Some(topic))?;
     check_clock(Some(p.clock()))?;
     Ok(p)
@@ -1407,7 +1415,8 @@ pub fn encode_announcement(
 
 /// Decodes an announcement from the `servers` topic.
 pub fn decode_announcement(bytes: &[u8]) -> Result<(Announcement, Meta), ChatError> {
-    let (w, _) = codec::decode::<WireEnvelope>(bytes).map_err(|(e, _)| ChatError::BadFrame(e.0))?;
+    let (w, _) = codec::decode_map::<WireEnvelope>(bytes, ANNOUNCEMENT_SHAPE)
+        .map_err(|(e, _)| ChatError::BadFrame(e.0))?;
     let d = w.data.unwrap_or_default();
     let a = Announcement {
         coordinator: d

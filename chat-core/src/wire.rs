@@ -266,6 +266,10 @@ pub struct WireEventData {
     pub id: Option<String>,
 }
 
+/// What a replicated event frame must be, named in the error when its top level is not a map.
+const EVENT_SHAPE: &str =
+    "a replicated event: a map with `operation`, `data`, `server`, `clock` and `seq`";
+
 impl Event {
     /// Converts to the `replication` wire shape.
     pub fn to_wire(&self) -> WireEvent {
@@ -360,8 +364,8 @@ impl Event {
 
     /// Decodes from the `replication` topic or storage.
     pub fn decode(bytes: &[u8]) -> Result<Event, ChatError> {
-        let (w, _) =
-            codec::decode::<WireEvent>(bytes).map_err(|(e, _)| ChatError::BadFrame(e.0))?;
+        let (w, _) = codec::decode_map::<WireEvent>(bytes, EVENT_SHAPE)
+            .map_err(|(e, _)| ChatError::BadFrame(e.0))?;
         Event::from_wire(w)
     }
 }
