@@ -302,11 +302,13 @@ impl Request {
 // a service the role does not offer is refused while decoding, with the error reply the
 // component has always given, so a peer-only request cannot reach the client path.
 
-/// Why a chat server refuses, from a client, a service that is not a client's.
-const NOT_A_CLIENT_SERVICE: &str = "chat servers answer chat services; ranks and lists are the reference's, the rest is server-to-server";
+/// Why a chat server refuses, from a client, a service that is not a client's (the
+/// `reason` of its [`ChatError::NotOffered`]).
+pub const NOT_A_CLIENT_SERVICE: &str = "chat servers answer chat services; ranks and lists are the reference's, the rest is server-to-server";
 
-/// Why a chat server refuses, on its peer socket, a service that is not a peer's.
-const NOT_A_PEER_SERVICE: &str =
+/// Why a chat server refuses, on its peer socket, a service that is not a peer's (the
+/// `reason` of its [`ChatError::NotOffered`]).
+pub const NOT_A_PEER_SERVICE: &str =
     "the peer socket takes server-to-server requests and reads; writes go through the broker";
 
 /// A read of the replicated state, answered from a chat server's memory (clients through

@@ -510,28 +510,30 @@ struct Context {
 }
 
 impl Context {
+    /// What a reply echoes: the service (`error` when unknown) and id, cut to a sane length.
+    fn new(encoding: Encoding, service: Option<&str>, clock: u64, id: Option<&str>) -> Context {
+        Context {
+            encoding,
+            service: service.map_or_else(|| "error".to_string(), |s| s.chars().take(64).collect()),
+            clock,
+            id: id.map(|s| s.chars().take(128).collect()),
+        }
+    }
+
     /// What a request that could not be served says about itself.
     fn of_failure(f: &RequestFailure) -> Context {
-        Context {
-            encoding: f.encoding,
-            service: f
-                .service
-                .as_deref()
-                .map_or_else(|| "error".to_string(), |s| s.chars().take(64).collect()),
-            clock: f.clock,
-            id: f.id.as_deref().map(|s| s.chars().take(128).collect()),
-        }
+        Context::new(f.encoding, f.service.as_deref(), f.clock, f.id.as_deref())
     }
 
     /// Reads what it can from an arbitrary frame.
     fn read(body: &[u8]) -> Context {
         match decode_request(body) {
-            Ok((env, encoding)) => Context {
+            Ok((env, encoding)) => Context::new(
                 encoding,
-                service: env.request.service().as_str().to_string(),
-                clock: env.meta.clock,
-                id: env.meta.id.map(|s| s.chars().take(128).collect()),
-            },
+                Some(env.request.service().as_str()),
+                env.meta.clock,
+                env.meta.id.as_deref(),
+            ),
             Err(f) => Context::of_failure(&f),
         }
     }
@@ -611,16 +613,12 @@ impl Core {
         self.clock.observe(env.meta.clock);
         let service = env.request.service();
         // What a refusal by the registry (bad name, unknown server, ...) echoes.
-        let ctx = Context {
+        let ctx = Context::new(
             encoding,
-            service: service.as_str().to_string(),
-            clock: env.meta.clock,
-            id: env
-                .meta
-                .id
-                .as_deref()
-                .map(|s| s.chars().take(128).collect()),
-        };
+            Some(service.as_str()),
+            env.meta.clock,
+            env.meta.id.as_deref(),
+        );
         let result = match env.request {
             ReferenceRequest::Rank {
                 name,

@@ -1,7 +1,7 @@
 //! The socket-free heart of a server: the chat state, the Lamport clock, and the events
 //! of the current loop iteration waiting for their commit.
 
-use chat_core::protocol::RequestFailure;
+use chat_core::protocol::{RequestFailure, NOT_A_CLIENT_SERVICE};
 use chat_core::ratelimit::{write_key, RateLimit, RateLimiter};
 use chat_core::{
     ChatError, ChatState, ClientRequest, Event, EventId, EventKind, HistoryTarget, LamportClock,
@@ -241,7 +241,7 @@ impl Node {
                 // reaches the node; a node alone refuses it as it always has.
                 return Err(ChatError::NotOffered {
                     service: "status".into(),
-                    reason: "chat servers answer chat services; ranks and lists are the reference's, the rest is server-to-server",
+                    reason: NOT_A_CLIENT_SERVICE,
                 });
             }
         };
