@@ -4,9 +4,17 @@
 //! `rmp_serde::to_vec` would write arrays). Decoding picks the format from the first
 //! non-whitespace byte: `{` or `[` means JSON, anything else MessagePack (a MessagePack
 //! request is a map, whose first byte is never `{` or `[`).
+//!
+//! Every frame of the protocol (request, reply, publication, announcement, replicated
+//! event) is a map, and is read with [`decode_map`]: a top-level array, number, string,
+//! boolean or nil is refused, naming what was expected. (serde would otherwise read a
+//! struct from an array, field by field in declaration order, in both formats.)
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
 
 /// The two wire encodings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -56,19 +64,80 @@ pub fn encode<T: Serialize + ?Sized>(value: &T, encoding: Encoding) -> Result<Ve
 const MAX_MSGPACK_DEPTH: usize = 128;
 
 /// Decodes a frame, detecting its encoding; returns the value and the encoding found.
+///
+/// A struct is read from a map *or an array* (serde's positional form): protocol frames,
+/// which are maps, are read with [`decode_map`] instead.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, Encoding), (CodecError, Encoding)> {
+    decode_seed(bytes, PhantomData::<T>)
+}
+
+/// Decodes a frame whose top-level value must be a map, detecting its encoding; returns the
+/// value and the encoding found. Anything else at the top level (array, number, string,
+/// boolean, nil) is an error that names what was `expected`, e.g. "invalid type: sequence,
+/// expected a request: a map with `service` and `data`".
+pub fn decode_map<T: DeserializeOwned>(
+    bytes: &[u8],
+    expected: &'static str,
+) -> Result<(T, Encoding), (CodecError, Encoding)> {
+    decode_seed(
+        bytes,
+        MapOnly {
+            expected,
+            value: PhantomData::<T>,
+        },
+    )
+}
+
+fn decode_seed<T, S>(bytes: &[u8], seed: S) -> Result<(T, Encoding), (CodecError, Encoding)>
+where
+    S: for<'de> DeserializeSeed<'de, Value = T>,
+{
     let encoding = Encoding::detect(bytes);
     let result = match encoding {
         Encoding::MsgPack => {
             let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
             de.set_max_depth(MAX_MSGPACK_DEPTH);
-            T::deserialize(&mut de).map_err(|e| CodecError(e.to_string()))
+            seed.deserialize(&mut de)
+                .map_err(|e| CodecError(e.to_string()))
         }
-        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| CodecError(e.to_string())),
+        Encoding::Json => {
+            // What `serde_json::from_slice` does: the value, then nothing but whitespace.
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            seed.deserialize(&mut de)
+                .and_then(|v| de.end().map(|()| v))
+                .map_err(|e| CodecError(e.to_string()))
+        }
     };
     match result {
         Ok(v) => Ok((v, encoding)),
         Err(e) => Err((e, encoding)),
+    }
+}
+
+/// Reads a `T` from a map and from nothing else.
+struct MapOnly<T> {
+    expected: &'static str,
+    value: PhantomData<T>,
+}
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for MapOnly<T> {
+    type Value = T;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<T, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for MapOnly<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expected)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        // The same entries, read by `T` as it reads any map.
+        T::deserialize(de::value::MapAccessDeserializer::new(map))
     }
 }
 

@@ -143,6 +143,11 @@ pub enum ChatError {
         /// Where to ask instead.
         reason: &'static str,
     },
+    /// The service exists but the reference service does not offer it.
+    #[error(
+        "service `{0}` is not offered by the reference service (it offers rank, list, heartbeat)"
+    )]
+    NotOfferedByReference(String),
     /// A user or channel name breaks the naming rules.
     #[error("invalid {kind} name {name:?}: {reason}")]
     InvalidName {
@@ -192,6 +197,14 @@ pub enum ChatError {
 }
 
 impl ChatError {
+    /// `service` lacks the field `data.field`.
+    pub(crate) fn missing(service: &str, field: &'static str) -> ChatError {
+        ChatError::MissingField {
+            service: service.to_string(),
+            field,
+        }
+    }
+
     /// The stable wire code of this error.
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -199,9 +212,9 @@ impl ChatError {
             | ChatError::MissingService
             | ChatError::MissingField { .. }
             | ChatError::InvalidField { .. } => ErrorCode::BadRequest,
-            ChatError::UnknownService(_) | ChatError::NotOffered { .. } => {
-                ErrorCode::UnknownService
-            }
+            ChatError::UnknownService(_)
+            | ChatError::NotOffered { .. }
+            | ChatError::NotOfferedByReference(_) => ErrorCode::UnknownService,
             ChatError::InvalidName { .. } => ErrorCode::InvalidName,
             ChatError::ReservedName { .. } => ErrorCode::ReservedName,
             ChatError::UnknownChannel(_) => ErrorCode::UnknownChannel,

@@ -4,16 +4,26 @@
 //! argument, so every function is deterministic and cheap to test.
 //!
 //! # Layout
-//! - [`protocol`]: typed requests, replies, publications and announcements, and their
-//!   conversion to and from the seed-shaped wire maps (liberal in, exact out).
-//! - [`wire`]: the flat serde structs that are actually encoded.
-//! - [`codec`]: MessagePack and JSON, one function each way, chosen by the first byte.
-//! - [`clock`]: the Lamport clock, [`LamportClock`].
-//! - [`time`]: [`Timestamp`], ISO-8601 out, ISO-8601 or Unix numbers in.
-//! - [`domain`]: [`ChatState`], the replicated state machine (validate, apply, query).
-//! - [`validate`]: naming rules and size limits.
-//! - [`ratelimit`]: per-user token buckets for writes (flood protection), bounded in size.
+//!
+//! Modules import one another without cycles (leaves first; `tests/module_graph.rs` checks it):
 //! - [`error`]: [`ChatError`], one variant per refusal, each with a stable [`ErrorCode`].
+//! - [`time`]: [`Timestamp`], ISO-8601 out, ISO-8601 or Unix numbers in.
+//! - [`clock`]: the Lamport clock, [`LamportClock`].
+//! - [`codec`]: MessagePack and JSON, one function each way, chosen by the first byte.
+//! - [`validate`]: naming rules and size limits (uses `error`).
+//! - [`model`]: the plain data: [`Event`] and its id and kind, history [`Stamp`]s, posts,
+//!   [`Publication`]s, [`HistoryPage`]s, [`Announcement`]s, [`Meta`], the clock bound
+//!   (uses `clock`, `error`, `time`).
+//! - [`wire`]: the flat serde structs that are actually encoded, and the conversions between
+//!   them and `model` (uses `model`, `codec`, `error`, `time`).
+//! - [`protocol`]: typed requests and replies, the requests each role takes
+//!   ([`ClientRequest`], [`PeerRequest`], [`ReferenceRequest`], built of [`Read`], [`Write`]
+//!   and [`Presence`]), and the decode and encode functions of every frame (uses `model`,
+//!   `wire`, `codec`, `error`, `time`).
+//! - [`domain`]: [`ChatState`], the replicated state machine (validate, apply, query; uses
+//!   `model`, `validate`, `error`, `time`; knows nothing of the wire).
+//! - [`ratelimit`]: per-user token buckets for writes (flood protection), bounded in size
+//!   (uses `model`, `error`).
 //!
 //! Default endpoints of every component are the `DEFAULT_*` constants below.
 
@@ -21,6 +31,7 @@ pub mod clock;
 pub mod codec;
 pub mod domain;
 pub mod error;
+pub mod model;
 pub mod protocol;
 pub mod ratelimit;
 pub mod time;
@@ -29,11 +40,15 @@ pub mod wire;
 
 pub use clock::LamportClock;
 pub use codec::{decode, encode, CodecError, Encoding};
-pub use domain::{ApplyOutcome, ChatState, Event, EventId, EventKind, Stamp};
+pub use domain::{ApplyOutcome, ChatState};
 pub use error::{ChatError, ErrorCode, NameKind};
+pub use model::{
+    Announcement, ChannelPost, DirectPost, Event, EventId, EventKind, HistoryPage, HistoryTarget,
+    Meta, Publication, Stamp,
+};
 pub use protocol::{
-    Announcement, ChannelPost, DirectPost, HistoryPage, HistoryTarget, Meta, Publication, Reply,
-    ReplyEnvelope, Request, RequestEnvelope, Service,
+    ClientRequest, PeerRequest, Presence, Read, ReferenceRequest, Reply, ReplyEnvelope, Request,
+    RequestEnvelope, Service, Write,
 };
 pub use time::Timestamp;
 pub use validate::Limits;

@@ -7,15 +7,15 @@
 use std::collections::BTreeMap;
 
 use crate::codec::{self, CodecError, Encoding};
-use crate::domain::Event;
 use crate::error::{ChatError, ErrorCode};
+use crate::model::{check_clock, Event, EventKind};
 use crate::time::Timestamp;
 use crate::wire::{ServerInfo, ServerStatus, WireData, WireEnvelope, WirePublication};
 
-/// Largest Lamport clock accepted from outside (2^53 - 1, the largest integer every JSON
-/// and JavaScript client represents exactly). Larger values would let one client push every
-/// clock in the cluster to saturation.
-pub const MAX_ACCEPTED_CLOCK: u64 = crate::clock::LamportClock::MAX;
+pub use crate::model::{
+    Announcement, ChannelPost, DirectPost, HistoryPage, HistoryTarget, Meta, Publication,
+    MAX_ACCEPTED_CLOCK,
+};
 
 /// Default number of events in a `sync` answer.
 pub const DEFAULT_SYNC_LIMIT: u32 = 500;
@@ -150,48 +150,6 @@ impl std::fmt::Display for Service {
     }
 }
 
-/// Metadata every message carries: Lamport clock, physical time, optional request id.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Meta {
-    /// Lamport clock of the sender (0 when a request carried none).
-    pub clock: u64,
-    /// Physical time of the sender, when given.
-    pub timestamp: Option<Timestamp>,
-    /// Client-chosen request id: a write retried with the same id is applied once.
-    pub id: Option<String>,
-}
-
-impl Meta {
-    /// Metadata with a clock and a timestamp and no id.
-    pub fn new(clock: u64, timestamp: Timestamp) -> Self {
-        Meta {
-            clock,
-            timestamp: Some(timestamp),
-            id: None,
-        }
-    }
-}
-
-/// Whose history a `history` request asks for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum HistoryTarget {
-    /// Posts of a channel.
-    Channel(String),
-    /// Private messages sent or received by a user.
-    User(String),
-}
-
-/// A server's announcement that it is coordinator for a term.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Announcement {
-    /// Name of the coordinator.
-    pub coordinator: String,
-    /// Term of its election (terms only grow).
-    pub term: u64,
-    /// Its rank.
-    pub rank: u64,
-}
-
 /// A request to any component.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -256,6 +214,11 @@ pub enum Request {
     Heartbeat {
         /// Client or server name.
         user: Option<String>,
+        /// The rank the server holds (to the reference, which re-registers a server it
+        /// forgot); clients and peers leave it out.
+        rank: Option<u64>,
+        /// The server's peer endpoint (to the reference); clients and peers leave it out.
+        endpoint: Option<String>,
     },
     /// `rank` (reference): a rank for server `name`, listening for peers on `endpoint`.
     Rank {
@@ -263,6 +226,8 @@ pub enum Request {
         name: String,
         /// Its peer endpoint.
         endpoint: Option<String>,
+        /// The rank it held before, which it keeps when no other server took it.
+        rank: Option<u64>,
     },
     /// `list` (reference): live servers.
     List,
@@ -330,22 +295,542 @@ impl Request {
     }
 }
 
-/// A request with its metadata.
+// ----- requests by role -------------------------------------------------------------------
+//
+// Each component takes the requests of one role, and decodes frames straight into that
+// role's type (`decode_client_request`, `decode_peer_request`, `decode_reference_request`):
+// a service the role does not offer is refused while decoding, with the error reply the
+// component has always given, so a peer-only request cannot reach the client path.
+
+/// Why a chat server refuses, from a client, a service that is not a client's (the
+/// `reason` of its [`ChatError::NotOffered`]).
+pub const NOT_A_CLIENT_SERVICE: &str = "chat servers answer chat services; ranks and lists are the reference's, the rest is server-to-server";
+
+/// Why a chat server refuses, on its peer socket, a service that is not a peer's (the
+/// `reason` of its [`ChatError::NotOffered`]).
+pub const NOT_A_PEER_SERVICE: &str =
+    "the peer socket takes server-to-server requests and reads; writes go through the broker";
+
+/// A read of the replicated state, answered from a chat server's memory (clients through
+/// the broker, peers on the peer socket).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestEnvelope {
-    /// What is asked.
-    pub request: Request,
-    /// Clock, timestamp, request id.
-    pub meta: Meta,
+pub enum Read {
+    /// `users`: list users.
+    Users,
+    /// `channels`: list channels.
+    Channels,
+    /// `history`: a page of past posts or private messages, oldest first.
+    History {
+        /// Channel or user.
+        target: HistoryTarget,
+        /// Only items older than this cursor (from a previous page's `next`).
+        before: Option<String>,
+        /// Page size (default 50, at most 1000).
+        limit: u32,
+    },
 }
 
-/// One page of `history`, oldest first.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HistoryPage {
-    /// The items, oldest first.
-    pub items: Vec<Publication>,
-    /// Cursor for the next (older) page, when there is one.
-    pub next: Option<String>,
+impl Read {
+    /// The service of this read.
+    pub fn service(&self) -> Service {
+        match self {
+            Read::Users => Service::Users,
+            Read::Channels => Service::Channels,
+            Read::History { .. } => Service::History,
+        }
+    }
+}
+
+/// A write a client asks of a chat server, which validates it and turns it into an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// `login`: register `user`.
+    Login {
+        /// User name.
+        user: String,
+    },
+    /// `channel`: create `channel`.
+    Channel {
+        /// Channel name.
+        channel: String,
+    },
+    /// `publish`: post `message` to `channel` as `user`.
+    Publish {
+        /// Author.
+        user: String,
+        /// Channel.
+        channel: String,
+        /// Body.
+        message: String,
+    },
+    /// `message`: private message from `src` to `dst`.
+    Message {
+        /// Sender.
+        src: String,
+        /// Recipient.
+        dst: String,
+        /// Body.
+        message: String,
+    },
+}
+
+impl Write {
+    /// The service of this write.
+    pub fn service(&self) -> Service {
+        match self {
+            Write::Login { .. } => Service::Login,
+            Write::Channel { .. } => Service::Channel,
+            Write::Publish { .. } => Service::Publish,
+            Write::Message { .. } => Service::Message,
+        }
+    }
+}
+
+impl From<Write> for EventKind {
+    fn from(w: Write) -> EventKind {
+        match w {
+            Write::Login { user } => EventKind::UserLoggedIn { user },
+            Write::Channel { channel } => EventKind::ChannelCreated { channel },
+            Write::Publish {
+                user,
+                channel,
+                message,
+            } => EventKind::ChannelMessage {
+                channel,
+                user,
+                message,
+            },
+            Write::Message { src, dst, message } => EventKind::DirectMessage { src, dst, message },
+        }
+    }
+}
+
+/// A client's presence hint (seed 003), answered `OK` and otherwise ignored: the
+/// subscription itself is the client's SUB socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    /// `subscribe`: interest in a channel.
+    Subscribe {
+        /// Who.
+        user: Option<String>,
+        /// Which channel.
+        channel: Option<String>,
+    },
+    /// `unsubscribe`: loss of interest in a channel.
+    Unsubscribe {
+        /// Who.
+        user: Option<String>,
+        /// Which channel.
+        channel: Option<String>,
+    },
+    /// `heartbeat`: the client is still there.
+    Heartbeat {
+        /// Client name.
+        user: Option<String>,
+    },
+}
+
+impl Presence {
+    /// The service of this hint.
+    pub fn service(&self) -> Service {
+        match self {
+            Presence::Subscribe { .. } => Service::Subscribe,
+            Presence::Unsubscribe { .. } => Service::Unsubscribe,
+            Presence::Heartbeat { .. } => Service::Heartbeat,
+        }
+    }
+}
+
+/// What a client may ask a chat server (through the broker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientRequest {
+    /// `login`, `channel`, `publish`, `message`.
+    Write(Write),
+    /// `users`, `channels`, `history`.
+    Read(Read),
+    /// `status`: what the server knows about itself and the cluster.
+    Status,
+    /// `subscribe`, `unsubscribe`, `heartbeat`.
+    Presence(Presence),
+}
+
+impl ClientRequest {
+    /// The service of this request.
+    pub fn service(&self) -> Service {
+        match self {
+            ClientRequest::Write(w) => w.service(),
+            ClientRequest::Read(r) => r.service(),
+            ClientRequest::Status => Service::Status,
+            ClientRequest::Presence(p) => p.service(),
+        }
+    }
+}
+
+/// What a chat server may ask another on its peer socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerRequest {
+    /// `users`, `channels`, `history`: one server's own view.
+    Read(Read),
+    /// `status`: what the server knows about itself and the cluster.
+    Status,
+    /// `heartbeat`: liveness of the sender.
+    Heartbeat {
+        /// The sending server.
+        user: Option<String>,
+    },
+    /// `election`: `from` with `rank` starts an election in `term` (Bully).
+    Election {
+        /// Sender.
+        from: String,
+        /// Sender's rank.
+        rank: u64,
+        /// Election term.
+        term: u64,
+    },
+    /// `coordinator`: the winner tells a peer directly.
+    Coordinator(Announcement),
+    /// `clock`: read the physical clock (Berkeley).
+    Clock,
+    /// `adjust`: correct the physical clock by `offset_ms` (Berkeley).
+    Adjust {
+        /// Correction in milliseconds.
+        offset_ms: i64,
+    },
+    /// `replicate`: events pushed by `from`; answered once they are durable.
+    Replicate {
+        /// Sender.
+        from: String,
+        /// The events, in sequence order per origin.
+        events: Vec<Event>,
+    },
+    /// `sync`: `from` asks for events beyond its version `vector`.
+    Sync {
+        /// Sender.
+        from: String,
+        /// Highest contiguous sequence number the sender has, per origin.
+        vector: BTreeMap<String, u64>,
+        /// Most events in the answer.
+        limit: u32,
+    },
+}
+
+impl PeerRequest {
+    /// The service of this request.
+    pub fn service(&self) -> Service {
+        match self {
+            PeerRequest::Read(r) => r.service(),
+            PeerRequest::Status => Service::Status,
+            PeerRequest::Heartbeat { .. } => Service::Heartbeat,
+            PeerRequest::Election { .. } => Service::Election,
+            PeerRequest::Coordinator(_) => Service::Coordinator,
+            PeerRequest::Clock => Service::Clock,
+            PeerRequest::Adjust { .. } => Service::Adjust,
+            PeerRequest::Replicate { .. } => Service::Replicate,
+            PeerRequest::Sync { .. } => Service::Sync,
+        }
+    }
+}
+
+/// What a server may ask the reference service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReferenceRequest {
+    /// `rank`: a rank for server `name`, listening for peers on `endpoint`.
+    Rank {
+        /// Server name.
+        name: String,
+        /// Its peer endpoint.
+        endpoint: Option<String>,
+        /// The rank it held before, which it keeps when no other server took it.
+        rank: Option<u64>,
+    },
+    /// `list`: live servers.
+    List,
+    /// `heartbeat`: the server is alive.
+    Heartbeat {
+        /// Server name (required by the reference, which says so when it is missing).
+        user: Option<String>,
+        /// The rank it holds (re-registers it with a reference that forgot it).
+        rank: Option<u64>,
+        /// Its peer endpoint.
+        endpoint: Option<String>,
+    },
+}
+
+impl ReferenceRequest {
+    /// The service of this request.
+    pub fn service(&self) -> Service {
+        match self {
+            ReferenceRequest::Rank { .. } => Service::Rank,
+            ReferenceRequest::List => Service::List,
+            ReferenceRequest::Heartbeat { .. } => Service::Heartbeat,
+        }
+    }
+}
+
+impl TryFrom<Request> for ClientRequest {
+    type Error = ChatError;
+
+    /// The request as a client's; a service clients may not use is refused
+    /// (`unknown_service`).
+    fn try_from(r: Request) -> Result<ClientRequest, ChatError> {
+        Ok(match r {
+            Request::Login { user } => ClientRequest::Write(Write::Login { user }),
+            Request::Channel { channel } => ClientRequest::Write(Write::Channel { channel }),
+            Request::Publish {
+                user,
+                channel,
+                message,
+            } => ClientRequest::Write(Write::Publish {
+                user,
+                channel,
+                message,
+            }),
+            Request::Message { src, dst, message } => {
+                ClientRequest::Write(Write::Message { src, dst, message })
+            }
+            Request::Users => ClientRequest::Read(Read::Users),
+            Request::Channels => ClientRequest::Read(Read::Channels),
+            Request::History {
+                target,
+                before,
+                limit,
+            } => ClientRequest::Read(Read::History {
+                target,
+                before,
+                limit,
+            }),
+            Request::Status => ClientRequest::Status,
+            Request::Subscribe { user, channel } => {
+                ClientRequest::Presence(Presence::Subscribe { user, channel })
+            }
+            Request::Unsubscribe { user, channel } => {
+                ClientRequest::Presence(Presence::Unsubscribe { user, channel })
+            }
+            Request::Heartbeat { user, .. } => {
+                ClientRequest::Presence(Presence::Heartbeat { user })
+            }
+            other @ (Request::Rank { .. }
+            | Request::List
+            | Request::Election { .. }
+            | Request::Coordinator(_)
+            | Request::Clock
+            | Request::Adjust { .. }
+            | Request::Replicate { .. }
+            | Request::Sync { .. }) => {
+                return Err(ChatError::NotOffered {
+                    service: other.service().as_str().to_string(),
+                    reason: NOT_A_CLIENT_SERVICE,
+                })
+            }
+        })
+    }
+}
+
+impl TryFrom<Request> for PeerRequest {
+    type Error = ChatError;
+
+    /// The request as a peer's; a service peers may not use is refused (`unknown_service`).
+    fn try_from(r: Request) -> Result<PeerRequest, ChatError> {
+        Ok(match r {
+            Request::Users => PeerRequest::Read(Read::Users),
+            Request::Channels => PeerRequest::Read(Read::Channels),
+            Request::History {
+                target,
+                before,
+                limit,
+            } => PeerRequest::Read(Read::History {
+                target,
+                before,
+                limit,
+            }),
+            Request::Status => PeerRequest::Status,
+            Request::Heartbeat { user, .. } => PeerRequest::Heartbeat { user },
+            Request::Election { from, rank, term } => PeerRequest::Election { from, rank, term },
+            Request::Coordinator(a) => PeerRequest::Coordinator(a),
+            Request::Clock => PeerRequest::Clock,
+            Request::Adjust { offset_ms } => PeerRequest::Adjust { offset_ms },
+            Request::Replicate { from, events } => PeerRequest::Replicate { from, events },
+            Request::Sync {
+                from,
+                vector,
+                limit,
+            } => PeerRequest::Sync {
+                from,
+                vector,
+                limit,
+            },
+            other @ (Request::Login { .. }
+            | Request::Channel { .. }
+            | Request::Publish { .. }
+            | Request::Message { .. }
+            | Request::Subscribe { .. }
+            | Request::Unsubscribe { .. }
+            | Request::Rank { .. }
+            | Request::List) => {
+                return Err(ChatError::NotOffered {
+                    service: other.service().as_str().to_string(),
+                    reason: NOT_A_PEER_SERVICE,
+                })
+            }
+        })
+    }
+}
+
+impl TryFrom<Request> for ReferenceRequest {
+    type Error = ChatError;
+
+    /// The request as one for the reference; any other service is refused
+    /// (`unknown_service`).
+    fn try_from(r: Request) -> Result<ReferenceRequest, ChatError> {
+        Ok(match r {
+            Request::Rank {
+                name,
+                endpoint,
+                rank,
+            } => ReferenceRequest::Rank {
+                name,
+                endpoint,
+                rank,
+            },
+            Request::List => ReferenceRequest::List,
+            Request::Heartbeat {
+                user,
+                rank,
+                endpoint,
+            } => ReferenceRequest::Heartbeat {
+                user,
+                rank,
+                endpoint,
+            },
+            other => {
+                return Err(ChatError::NotOfferedByReference(
+                    other.service().to_string(),
+                ))
+            }
+        })
+    }
+}
+
+impl From<Write> for Request {
+    fn from(w: Write) -> Request {
+        match w {
+            Write::Login { user } => Request::Login { user },
+            Write::Channel { channel } => Request::Channel { channel },
+            Write::Publish {
+                user,
+                channel,
+                message,
+            } => Request::Publish {
+                user,
+                channel,
+                message,
+            },
+            Write::Message { src, dst, message } => Request::Message { src, dst, message },
+        }
+    }
+}
+
+impl From<Read> for Request {
+    fn from(r: Read) -> Request {
+        match r {
+            Read::Users => Request::Users,
+            Read::Channels => Request::Channels,
+            Read::History {
+                target,
+                before,
+                limit,
+            } => Request::History {
+                target,
+                before,
+                limit,
+            },
+        }
+    }
+}
+
+impl From<ClientRequest> for Request {
+    fn from(r: ClientRequest) -> Request {
+        match r {
+            ClientRequest::Write(w) => w.into(),
+            ClientRequest::Read(r) => r.into(),
+            ClientRequest::Status => Request::Status,
+            ClientRequest::Presence(Presence::Subscribe { user, channel }) => {
+                Request::Subscribe { user, channel }
+            }
+            ClientRequest::Presence(Presence::Unsubscribe { user, channel }) => {
+                Request::Unsubscribe { user, channel }
+            }
+            ClientRequest::Presence(Presence::Heartbeat { user }) => Request::Heartbeat {
+                user,
+                rank: None,
+                endpoint: None,
+            },
+        }
+    }
+}
+
+impl From<PeerRequest> for Request {
+    fn from(r: PeerRequest) -> Request {
+        match r {
+            PeerRequest::Read(r) => r.into(),
+            PeerRequest::Status => Request::Status,
+            PeerRequest::Heartbeat { user } => Request::Heartbeat {
+                user,
+                rank: None,
+                endpoint: None,
+            },
+            PeerRequest::Election { from, rank, term } => Request::Election { from, rank, term },
+            PeerRequest::Coordinator(a) => Request::Coordinator(a),
+            PeerRequest::Clock => Request::Clock,
+            PeerRequest::Adjust { offset_ms } => Request::Adjust { offset_ms },
+            PeerRequest::Replicate { from, events } => Request::Replicate { from, events },
+            PeerRequest::Sync {
+                from,
+                vector,
+                limit,
+            } => Request::Sync {
+                from,
+                vector,
+                limit,
+            },
+        }
+    }
+}
+
+impl From<ReferenceRequest> for Request {
+    fn from(r: ReferenceRequest) -> Request {
+        match r {
+            ReferenceRequest::Rank {
+                name,
+                endpoint,
+                rank,
+            } => Request::Rank {
+                name,
+                endpoint,
+                rank,
+            },
+            ReferenceRequest::List => Request::List,
+            ReferenceRequest::Heartbeat {
+                user,
+                rank,
+                endpoint,
+            } => Request::Heartbeat {
+                user,
+                rank,
+                endpoint,
+            },
+        }
+    }
+}
+
+/// A request with its metadata: any request ([`Request`], the default), or the request of
+/// one role ([`ClientRequest`], [`PeerRequest`], [`ReferenceRequest`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestEnvelope<R = Request> {
+    /// What is asked.
+    pub request: R,
+    /// Clock, timestamp, request id.
+    pub meta: Meta,
 }
 
 /// The body of an error reply.
@@ -411,154 +896,8 @@ pub struct ReplyEnvelope {
     pub meta: Meta,
 }
 
-/// A private message as published on the recipient's topic and kept in history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirectPost {
-    /// Sender.
-    pub src: String,
-    /// Recipient.
-    pub dst: String,
-    /// Body.
-    pub message: String,
-    /// Physical time stamped by the accepting server.
-    pub timestamp: Timestamp,
-    /// Lamport stamp of the event.
-    pub clock: u64,
-    /// Event id.
-    pub id: Option<String>,
-}
-
-/// A channel post as published on the channel's topic and kept in history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelPost {
-    /// Channel.
-    pub channel: String,
-    /// Author.
-    pub user: String,
-    /// Body.
-    pub message: String,
-    /// Physical time stamped by the accepting server.
-    pub timestamp: Timestamp,
-    /// Lamport stamp of the event.
-    pub clock: u64,
-    /// Event id.
-    pub id: Option<String>,
-}
-
-/// What arrives on a channel or user topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Publication {
-    /// A post on a channel topic.
-    Channel(ChannelPost),
-    /// A private message on a user topic.
-    Direct(DirectPost),
-}
-
-impl Publication {
-    /// The topic this publication goes out on: the channel, or the recipient.
-    pub fn topic(&self) -> &str {
-        match self {
-            Publication::Channel(p) => &p.channel,
-            Publication::Direct(p) => &p.dst,
-        }
-    }
-
-    /// The message body.
-    pub fn message(&self) -> &str {
-        match self {
-            Publication::Channel(p) => &p.message,
-            Publication::Direct(p) => &p.message,
-        }
-    }
-
-    /// Lamport stamp.
-    pub fn clock(&self) -> u64 {
-        match self {
-            Publication::Channel(p) => p.clock,
-            Publication::Direct(p) => p.clock,
-        }
-    }
-
-    /// Converts to the wire shape.
-    pub fn to_wire(&self) -> WirePublication {
-        match self {
-            Publication::Channel(p) => WirePublication {
-                user: Some(p.user.clone()),
-                message: Some(p.message.clone()),
-                timestamp: Some(p.timestamp),
-                clock: Some(p.clock),
-                channel: Some(p.channel.clone()),
-                id: p.id.clone(),
-                ..WirePublication::default()
-            },
-            Publication::Direct(p) => WirePublication {
-                src: Some(p.src.clone()),
-                message: Some(p.message.clone()),
-                timestamp: Some(p.timestamp),
-                clock: Some(p.clock),
-                dst: Some(p.dst.clone()),
-                id: p.id.clone(),
-                ..WirePublication::default()
-            },
-        }
-    }
-
-    /// Reads the wire shape; `topic` fills in the channel or recipient when the payload
-    /// omits it (seed servers do).
-    pub fn from_wire(w: WirePublication, topic: Option<&str>) -> Result<Publication, ChatError> {
-        let message = w.message.ok_or_else(|| missing("publication", "message"))?;
-        let timestamp = w.timestamp.unwrap_or_default();
-        let clock = w.clock.unwrap_or(0);
-        if let Some(src) = w.src {
-            let dst = w
-                .dst
-                .or_else(|| topic.map(str::to_string))
-                .ok_or_else(|| missing("publication", "dst"))?;
-            return Ok(Publication::Direct(DirectPost {
-                src,
-                dst,
-                message,
-                timestamp,
-                clock,
-                id: w.id,
-            }));
-        }
-        let user = w.user.ok_or_else(|| missing("publication", "user"))?;
-        let channel = w
-            .channel
-            .or_else(|| topic.map(str::to_string))
-            .ok_or_else(|| missing("publication", "channel"))?;
-        Ok(Publication::Channel(ChannelPost {
-            channel,
-            user,
-            message,
-            timestamp,
-            clock,
-            id: w.id,
-        }))
-    }
-}
-
-fn missing(service: &str, field: &'static str) -> ChatError {
-    ChatError::MissingField {
-        service: service.to_string(),
-        field,
-    }
-}
-
 fn required(v: Option<String>, service: Service, field: &'static str) -> Result<String, ChatError> {
-    v.ok_or_else(|| missing(service.as_str(), field))
-}
-
-fn check_clock(clock: Option<u64>) -> Result<u64, ChatError> {
-    match clock {
-        Some(c) if c > MAX_ACCEPTED_CLOCK => Err(ChatError::InvalidField {
-            field: "clock",
-            reason: format!("{c} is larger than the largest accepted clock {MAX_ACCEPTED_CLOCK}"),
-        }),
-        Some(c) => Ok(c),
-        None => Ok(0),
-    }
+    v.ok_or_else(|| ChatError::missing(service.as_str(), field))
 }
 
 impl RequestEnvelope {
@@ -603,10 +942,23 @@ impl RequestEnvelope {
                 d.user = user.clone();
                 d.channel = channel.clone();
             }
-            Request::Heartbeat { user } => d.user = user.clone(),
-            Request::Rank { name, endpoint } => {
+            Request::Heartbeat {
+                user,
+                rank,
+                endpoint,
+            } => {
+                d.user = user.clone();
+                d.rank = *rank;
+                d.endpoint = endpoint.clone();
+            }
+            Request::Rank {
+                name,
+                endpoint,
+                rank,
+            } => {
                 d.user = Some(name.clone());
                 d.endpoint = endpoint.clone();
+                d.rank = *rank;
             }
             Request::Election { from, rank, term } => {
                 d.user = Some(from.clone());
@@ -677,7 +1029,9 @@ impl RequestEnvelope {
                 let target = match (d.channel, d.user) {
                     (Some(c), _) => HistoryTarget::Channel(c),
                     (None, Some(u)) => HistoryTarget::User(u),
-                    (None, None) => return Err(missing("history", "channel` or `data.user")),
+                    (None, None) => {
+                        return Err(ChatError::missing("history", "channel` or `data.user"))
+                    }
                 };
                 let limit = match d.limit {
                     None => DEFAULT_HISTORY_LIMIT,
@@ -704,31 +1058,44 @@ impl RequestEnvelope {
                 user: d.user,
                 channel: d.channel,
             },
-            Service::Heartbeat => Request::Heartbeat { user: d.user },
+            Service::Heartbeat => Request::Heartbeat {
+                user: d.user,
+                rank: d.rank,
+                endpoint: d.endpoint,
+            },
             Service::Rank => Request::Rank {
                 name: required(d.user, service, "user")?,
                 endpoint: d.endpoint,
+                rank: d.rank,
             },
             Service::List => Request::List,
             Service::Election => Request::Election {
                 from: required(d.user, service, "user")?,
-                rank: d.rank.ok_or_else(|| missing("election", "rank"))?,
+                rank: d
+                    .rank
+                    .ok_or_else(|| ChatError::missing("election", "rank"))?,
                 term: d.term.unwrap_or(0),
             },
             Service::Coordinator => Request::Coordinator(Announcement {
                 coordinator: required(d.coordinator, service, "coordinator")?,
-                term: d.term.ok_or_else(|| missing("coordinator", "term"))?,
-                rank: d.rank.ok_or_else(|| missing("coordinator", "rank"))?,
+                term: d
+                    .term
+                    .ok_or_else(|| ChatError::missing("coordinator", "term"))?,
+                rank: d
+                    .rank
+                    .ok_or_else(|| ChatError::missing("coordinator", "rank"))?,
             }),
             Service::Clock => Request::Clock,
             Service::Adjust => Request::Adjust {
-                offset_ms: d.adjust_ms.ok_or_else(|| missing("adjust", "adjust_ms"))?,
+                offset_ms: d
+                    .adjust_ms
+                    .ok_or_else(|| ChatError::missing("adjust", "adjust_ms"))?,
             },
             Service::Replicate => Request::Replicate {
                 from: required(d.user, service, "user")?,
                 events: d
                     .events
-                    .ok_or_else(|| missing("replicate", "events"))?
+                    .ok_or_else(|| ChatError::missing("replicate", "events"))?
                     .into_iter()
                     .map(Event::from_wire)
                     .collect::<Result<_, _>>()?,
@@ -817,12 +1184,14 @@ impl ReplyEnvelope {
             })
         } else {
             match Service::parse(&name) {
-                Some(Service::Users) => {
-                    Reply::Users(d.users.ok_or_else(|| missing("users", "users"))?)
-                }
-                Some(Service::Channels) => {
-                    Reply::Channels(d.channels.ok_or_else(|| missing("channels", "channels"))?)
-                }
+                Some(Service::Users) => Reply::Users(
+                    d.users
+                        .ok_or_else(|| ChatError::missing("users", "users"))?,
+                ),
+                Some(Service::Channels) => Reply::Channels(
+                    d.channels
+                        .ok_or_else(|| ChatError::missing("channels", "channels"))?,
+                ),
                 Some(Service::History) => Reply::History(HistoryPage {
                     items: d
                         .messages
@@ -833,18 +1202,24 @@ impl ReplyEnvelope {
                     next: d.next,
                 }),
                 Some(Service::Status) => Reply::Status(Box::new(
-                    d.server.ok_or_else(|| missing("status", "server"))?,
+                    d.server
+                        .ok_or_else(|| ChatError::missing("status", "server"))?,
                 )),
-                Some(Service::Rank) => Reply::Rank(d.rank.ok_or_else(|| missing("rank", "rank"))?),
-                Some(Service::List) => Reply::List(d.list.ok_or_else(|| missing("list", "list"))?),
-                Some(Service::Election) => Reply::Election,
-                Some(Service::Replicate) => {
-                    Reply::Vector(d.vector.ok_or_else(|| missing("replicate", "vector"))?)
+                Some(Service::Rank) => {
+                    Reply::Rank(d.rank.ok_or_else(|| ChatError::missing("rank", "rank"))?)
                 }
+                Some(Service::List) => {
+                    Reply::List(d.list.ok_or_else(|| ChatError::missing("list", "list"))?)
+                }
+                Some(Service::Election) => Reply::Election,
+                Some(Service::Replicate) => Reply::Vector(
+                    d.vector
+                        .ok_or_else(|| ChatError::missing("replicate", "vector"))?,
+                ),
                 Some(Service::Sync) => Reply::Events {
                     events: d
                         .events
-                        .ok_or_else(|| missing("sync", "events"))?
+                        .ok_or_else(|| ChatError::missing("sync", "events"))?
                         .into_iter()
                         .map(Event::from_wire)
                         .collect::<Result<_, _>>()?,
@@ -853,7 +1228,7 @@ impl ReplyEnvelope {
                 Some(Service::Clock) => Reply::Clock(
                     d.time
                         .or(d.timestamp)
-                        .ok_or_else(|| missing("clock", "time"))?,
+                        .ok_or_else(|| ChatError::missing("clock", "time"))?,
                 ),
                 _ => Reply::Done,
             }
@@ -882,6 +1257,13 @@ pub fn announcement_to_wire(a: &Announcement, meta: &Meta) -> WireEnvelope {
     }
 }
 
+// What each frame must be, named in the error when its top level is not a map.
+const REQUEST_SHAPE: &str = "a request: a map with `service` and `data`";
+const REPLY_SHAPE: &str = "a reply: a map with `service` and `data`";
+const ANNOUNCEMENT_SHAPE: &str = "an announcement: a map with `service` and `data`";
+const PUBLICATION_SHAPE: &str =
+    "a publication: a map with `message` and `user` (channel post) or `src` (private message)";
+
 /// Why a request frame could not be turned into a request, with what is needed to answer it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestFailure {
@@ -897,9 +1279,24 @@ pub struct RequestFailure {
     pub id: Option<String>,
 }
 
-/// Decodes a request frame (MessagePack or JSON).
+impl RequestFailure {
+    /// Whether the frame is a well-formed request whose service the decoding role does not
+    /// offer (rather than a frame that is not a valid request at all).
+    pub fn not_offered(&self) -> bool {
+        matches!(
+            self.error,
+            ChatError::NotOffered { .. } | ChatError::NotOfferedByReference(_)
+        )
+    }
+}
+
+/// Decodes a request frame (MessagePack or JSON) into any request: what encoders, tests and
+/// the broker (which only reads a request's service, clock and id) use. A component that
+/// serves requests decodes them with its role's function instead: [`decode_client_request`],
+/// [`decode_peer_request`] or [`decode_reference_request`].
 pub fn decode_request(bytes: &[u8]) -> Result<(RequestEnvelope, Encoding), Box<RequestFailure>> {
-    let (wire, encoding) = codec::decode::<WireEnvelope>(bytes).map_err(|(e, encoding)| {
+    let decoded = codec::decode_map::<WireEnvelope>(bytes, REQUEST_SHAPE);
+    let (wire, encoding) = decoded.map_err(|(e, encoding)| {
         Box::new(RequestFailure {
             error: ChatError::BadFrame(e.0),
             encoding,
@@ -926,6 +1323,58 @@ pub fn decode_request(bytes: &[u8]) -> Result<(RequestEnvelope, Encoding), Box<R
         })
 }
 
+/// Decodes a request frame into the request of one role, `R` ([`ClientRequest`],
+/// [`PeerRequest`], [`ReferenceRequest`]). The frame is first read and checked as any
+/// request (so a malformed request is `bad_request` whoever it was sent to); a service the
+/// role does not offer then fails with the role's `unknown_service` error, and the failure
+/// carries the service, clock and id read, like any other.
+pub fn decode_request_as<R>(
+    bytes: &[u8],
+) -> Result<(RequestEnvelope<R>, Encoding), Box<RequestFailure>>
+where
+    R: TryFrom<Request, Error = ChatError>,
+{
+    let (RequestEnvelope { request, meta }, encoding) = decode_request(bytes)?;
+    let service = request.service();
+    match R::try_from(request) {
+        Ok(request) => Ok((RequestEnvelope { request, meta }, encoding)),
+        Err(error) => Err(Box::new(RequestFailure {
+            error,
+            encoding,
+            service: Some(service.as_str().to_string()),
+            clock: meta.clock,
+            id: meta.id,
+        })),
+    }
+}
+
+/// Decodes a request sent by a client to a chat server (through the broker). A service
+/// that is not a client's (`rank`, `election`, `adjust`, ...) fails with `unknown_service`:
+/// "service `adjust` is not offered here: chat servers answer chat services; ...".
+pub fn decode_client_request(
+    bytes: &[u8],
+) -> Result<(RequestEnvelope<ClientRequest>, Encoding), Box<RequestFailure>> {
+    decode_request_as(bytes)
+}
+
+/// Decodes a request sent to a chat server's peer socket. A service that is not a peer's
+/// (writes, presence hints, `rank`, `list`) fails with `unknown_service`: "service `login`
+/// is not offered here: the peer socket takes server-to-server requests and reads; ...".
+pub fn decode_peer_request(
+    bytes: &[u8],
+) -> Result<(RequestEnvelope<PeerRequest>, Encoding), Box<RequestFailure>> {
+    decode_request_as(bytes)
+}
+
+/// Decodes a request sent to the reference service. Any service but `rank`, `list` and
+/// `heartbeat` fails with `unknown_service`: "service `publish` is not offered by the
+/// reference service (it offers rank, list, heartbeat)".
+pub fn decode_reference_request(
+    bytes: &[u8],
+) -> Result<(RequestEnvelope<ReferenceRequest>, Encoding), Box<RequestFailure>> {
+    decode_request_as(bytes)
+}
+
 /// Encodes a request.
 pub fn encode_request(env: &RequestEnvelope, encoding: Encoding) -> Result<Vec<u8>, CodecError> {
     codec::encode(&env.to_wire(), encoding)
@@ -933,8 +1382,8 @@ pub fn encode_request(env: &RequestEnvelope, encoding: Encoding) -> Result<Vec<u
 
 /// Decodes a reply frame (MessagePack or JSON).
 pub fn decode_reply(bytes: &[u8]) -> Result<(ReplyEnvelope, Encoding), ChatError> {
-    let (wire, encoding) =
-        codec::decode::<WireEnvelope>(bytes).map_err(|(e, _)| ChatError::BadFrame(e.0))?;
+    let (wire, encoding) = codec::decode_map::<WireEnvelope>(bytes, REPLY_SHAPE)
+        .map_err(|(e, _)| ChatError::BadFrame(e.0))?;
     Ok((ReplyEnvelope::from_wire(wire)?, encoding))
 }
 
@@ -950,8 +1399,8 @@ pub fn encode_publication(p: &Publication, encoding: Encoding) -> Result<Vec<u8>
 
 /// Decodes a publication received on `topic`.
 pub fn decode_publication(topic: &str, bytes: &[u8]) -> Result<Publication, ChatError> {
-    let (wire, _) =
-        codec::decode::<WirePublication>(bytes).map_err(|(e, _)| ChatError::BadFrame(e.0))?;
+    let (wire, _) = codec::decode_map::<WirePublication>(bytes, PUBLICATION_SHAPE)
+        .map_err(|(e, _)| ChatError::BadFrame(e.0))?;
     let p = Publication::from_wire(wire, Some(topic))?;
     check_clock(Some(p.clock()))?;
     Ok(p)
@@ -968,12 +1417,13 @@ pub fn encode_announcement(
 
 /// Decodes an announcement from the `servers` topic.
 pub fn decode_announcement(bytes: &[u8]) -> Result<(Announcement, Meta), ChatError> {
-    let (w, _) = codec::decode::<WireEnvelope>(bytes).map_err(|(e, _)| ChatError::BadFrame(e.0))?;
+    let (w, _) = codec::decode_map::<WireEnvelope>(bytes, ANNOUNCEMENT_SHAPE)
+        .map_err(|(e, _)| ChatError::BadFrame(e.0))?;
     let d = w.data.unwrap_or_default();
     let a = Announcement {
         coordinator: d
             .coordinator
-            .ok_or_else(|| missing("election", "coordinator"))?,
+            .ok_or_else(|| ChatError::missing("election", "coordinator"))?,
         term: d.term.unwrap_or(0),
         rank: d.rank.unwrap_or(0),
     };

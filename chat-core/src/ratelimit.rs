@@ -18,8 +18,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::domain::EventKind;
 use crate::error::ChatError;
+use crate::model::EventKind;
 
 /// Default sustained rate: writes per second per user.
 pub const DEFAULT_PER_SEC: u32 = 1000;

@@ -4,7 +4,9 @@
 //! uses, all optional. That makes decoding liberal in one pass (unknown fields ignored, a
 //! missing field is a clear error later, when the service is known), and encoding produces
 //! the seeds' key order: `status`/payload first, then `timestamp`, then `clock`.
-//! The typed view lives in [`crate::protocol`].
+//! Also here: the conversions between these shapes and the plain data of [`crate::model`]
+//! (events, publications), and the encoding of replicated events. The typed requests and
+//! replies, and their conversion, live in [`crate::protocol`], which builds on this module.
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
@@ -12,7 +14,11 @@ use std::fmt;
 
 use std::collections::BTreeMap;
 
-use crate::domain::WireEvent;
+use crate::codec::{self, CodecError, Encoding};
+use crate::error::ChatError;
+use crate::model::{
+    ChannelPost, DirectPost, Event, EventId, EventKind, Publication, MAX_ACCEPTED_CLOCK,
+};
 use crate::time::Timestamp;
 
 /// `{"service": ..., "data": {...}}`, with `timestamp`/`clock` also read at the top level (seed 003).
@@ -217,6 +223,218 @@ pub struct ServerStatus {
     pub vector: BTreeMap<String, u64>,
 }
 
+/// Wire shape of a replicated event (seed 000): `{"operation", "data", "server", "clock", "seq"}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WireEvent {
+    /// `login`, `channel`, `publication` or `message`.
+    pub operation: String,
+    /// The write's fields.
+    pub data: WireEventData,
+    /// Origin server.
+    pub server: String,
+    /// Lamport stamp.
+    pub clock: u64,
+    /// Origin's sequence number.
+    #[serde(default)]
+    pub seq: u64,
+}
+
+/// Fields of a replicated event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WireEventData {
+    /// User (login, publication).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Channel (channel, publication).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Sender (message).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src: Option<String>,
+    /// Recipient (message).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<String>,
+    /// Body.
+    #[serde(alias = "msg", skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Physical time of acceptance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<Timestamp>,
+    /// Client request id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// What a replicated event frame must be, named in the error when its top level is not a map.
+const EVENT_SHAPE: &str =
+    "a replicated event: a map with `operation`, `data`, `server`, `clock` and `seq`";
+
+impl Event {
+    /// Converts to the `replication` wire shape.
+    pub fn to_wire(&self) -> WireEvent {
+        let mut data = WireEventData {
+            timestamp: Some(self.timestamp),
+            id: self.request_id.clone(),
+            ..WireEventData::default()
+        };
+        match &self.kind {
+            EventKind::UserLoggedIn { user } => data.user = Some(user.clone()),
+            EventKind::ChannelCreated { channel } => data.channel = Some(channel.clone()),
+            EventKind::ChannelMessage {
+                channel,
+                user,
+                message,
+            } => {
+                data.user = Some(user.clone());
+                data.channel = Some(channel.clone());
+                data.message = Some(message.clone());
+            }
+            EventKind::DirectMessage { src, dst, message } => {
+                data.src = Some(src.clone());
+                data.dst = Some(dst.clone());
+                data.message = Some(message.clone());
+            }
+        }
+        WireEvent {
+            operation: self.kind.operation().to_string(),
+            data,
+            server: self.id.origin.clone(),
+            clock: self.clock,
+            seq: self.id.seq,
+        }
+    }
+
+    /// Reads the `replication` wire shape.
+    pub fn from_wire(w: WireEvent) -> Result<Event, ChatError> {
+        let need = |v: Option<String>, field: &'static str| {
+            v.ok_or_else(|| ChatError::MissingField {
+                service: format!("replication/{}", w.operation),
+                field,
+            })
+        };
+        let d = w.data.clone();
+        let kind = match w.operation.as_str() {
+            "login" => EventKind::UserLoggedIn {
+                user: need(d.user, "user")?,
+            },
+            "channel" => EventKind::ChannelCreated {
+                channel: need(d.channel, "channel")?,
+            },
+            "publication" | "publish" => EventKind::ChannelMessage {
+                channel: need(d.channel, "channel")?,
+                user: need(d.user, "user")?,
+                message: need(d.message, "message")?,
+            },
+            "message" => EventKind::DirectMessage {
+                src: need(d.src, "src")?,
+                dst: need(d.dst, "dst")?,
+                message: need(d.message, "message")?,
+            },
+            other => return Err(ChatError::UnknownService(format!("replication/{other}"))),
+        };
+        if w.seq == 0 {
+            return Err(ChatError::InvalidField {
+                field: "seq",
+                reason: "sequence numbers start at 1".into(),
+            });
+        }
+        if w.clock > MAX_ACCEPTED_CLOCK {
+            return Err(ChatError::InvalidField {
+                field: "clock",
+                reason: "out of range".into(),
+            });
+        }
+        Ok(Event {
+            id: EventId {
+                origin: w.server,
+                seq: w.seq,
+            },
+            clock: w.clock,
+            timestamp: d.timestamp.unwrap_or_default(),
+            request_id: d.id,
+            kind,
+        })
+    }
+
+    /// Encodes for the `replication` topic or storage.
+    pub fn encode(&self, encoding: Encoding) -> Result<Vec<u8>, CodecError> {
+        codec::encode(&self.to_wire(), encoding)
+    }
+
+    /// Decodes from the `replication` topic or storage.
+    pub fn decode(bytes: &[u8]) -> Result<Event, ChatError> {
+        let (w, _) = codec::decode_map::<WireEvent>(bytes, EVENT_SHAPE)
+            .map_err(|(e, _)| ChatError::BadFrame(e.0))?;
+        Event::from_wire(w)
+    }
+}
+
+impl Publication {
+    /// Converts to the wire shape.
+    pub fn to_wire(&self) -> WirePublication {
+        match self {
+            Publication::Channel(p) => WirePublication {
+                user: Some(p.user.clone()),
+                message: Some(p.message.clone()),
+                timestamp: Some(p.timestamp),
+                clock: Some(p.clock),
+                channel: Some(p.channel.clone()),
+                id: p.id.clone(),
+                ..WirePublication::default()
+            },
+            Publication::Direct(p) => WirePublication {
+                src: Some(p.src.clone()),
+                message: Some(p.message.clone()),
+                timestamp: Some(p.timestamp),
+                clock: Some(p.clock),
+                dst: Some(p.dst.clone()),
+                id: p.id.clone(),
+                ..WirePublication::default()
+            },
+        }
+    }
+
+    /// Reads the wire shape; `topic` fills in the channel or recipient when the payload
+    /// omits it (seed servers do).
+    pub fn from_wire(w: WirePublication, topic: Option<&str>) -> Result<Publication, ChatError> {
+        let message = w
+            .message
+            .ok_or_else(|| ChatError::missing("publication", "message"))?;
+        let timestamp = w.timestamp.unwrap_or_default();
+        let clock = w.clock.unwrap_or(0);
+        if let Some(src) = w.src {
+            let dst = w
+                .dst
+                .or_else(|| topic.map(str::to_string))
+                .ok_or_else(|| ChatError::missing("publication", "dst"))?;
+            return Ok(Publication::Direct(DirectPost {
+                src,
+                dst,
+                message,
+                timestamp,
+                clock,
+                id: w.id,
+            }));
+        }
+        let user = w
+            .user
+            .ok_or_else(|| ChatError::missing("publication", "user"))?;
+        let channel = w
+            .channel
+            .or_else(|| topic.map(str::to_string))
+            .ok_or_else(|| ChatError::missing("publication", "channel"))?;
+        Ok(Publication::Channel(ChannelPost {
+            channel,
+            user,
+            message,
+            timestamp,
+            clock,
+            id: w.id,
+        }))
+    }
+}
+
 fn opt_string_or_int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
@@ -247,4 +465,32 @@ fn opt_string_or_int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, 
         }
     }
     d.deserialize_any(V)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Timestamp;
+
+    #[test]
+    fn event_wire_round_trip() {
+        let e = Event {
+            id: EventId {
+                origin: "server-1".into(),
+                seq: 7,
+            },
+            clock: 42,
+            timestamp: Timestamp(42_000),
+            request_id: Some("r1".into()),
+            kind: EventKind::ChannelMessage {
+                channel: "geral".into(),
+                user: "ana".into(),
+                message: "olá".into(),
+            },
+        };
+        for enc in [Encoding::MsgPack, Encoding::Json] {
+            let bytes = e.encode(enc).unwrap();
+            assert_eq!(Event::decode(&bytes).unwrap(), e);
+        }
+    }
 }

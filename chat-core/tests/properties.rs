@@ -9,8 +9,8 @@
 
 use std::collections::BTreeSet;
 
-use chat_core::domain::Stamp;
 use chat_core::error::ErrorCode;
+use chat_core::model::Stamp;
 use chat_core::protocol::{
     decode_announcement, decode_publication, decode_reply, decode_request, encode_announcement,
     encode_publication, encode_reply, encode_request, ErrorReply, MAX_ACCEPTED_CLOCK,
@@ -137,8 +137,23 @@ fn request() -> impl Strategy<Value = Request> {
             .prop_map(|(user, channel)| Request::Subscribe { user, channel }),
         (option::of(text()), option::of(text()))
             .prop_map(|(user, channel)| Request::Unsubscribe { user, channel }),
-        option::of(text()).prop_map(|user| Request::Heartbeat { user }),
-        (text(), option::of(text())).prop_map(|(name, endpoint)| Request::Rank { name, endpoint }),
+        (
+            option::of(text()),
+            option::of(any::<u64>()),
+            option::of(text())
+        )
+            .prop_map(|(user, rank, endpoint)| Request::Heartbeat {
+                user,
+                rank,
+                endpoint
+            }),
+        (text(), option::of(text()), option::of(any::<u64>())).prop_map(
+            |(name, endpoint, rank)| Request::Rank {
+                name,
+                endpoint,
+                rank
+            }
+        ),
         Just(Request::List),
         (text(), any::<u64>(), any::<u64>()).prop_map(|(from, rank, term)| Request::Election {
             from,

@@ -241,3 +241,39 @@ fn threadless_subscriber_gets_its_topics_exactly_and_observes_the_clock() {
     sub.unsubscribe("ana").unwrap();
     assert!(sub.recv(Duration::from_millis(0)).unwrap().is_none());
 }
+
+#[test]
+fn a_request_written_as_an_array_is_refused_and_not_applied() {
+    // `["login", {"user": ...}]` is the positional form of a login, which serde alone would
+    // read field by field: every request is a map, so it gets `bad_request` and no login.
+    let cluster = TestCluster::start(1);
+    let ctx = zmq::Context::new();
+    let req = ctx.socket(zmq::REQ).expect("socket");
+    req.set_linger(0).expect("linger");
+    req.connect(&cluster.frontend).expect("connect");
+    let positional = serde_json::json!(["login", {"user": "by-position", "clock": 1}]);
+    let frames = [
+        rmp_serde::to_vec_named(&positional).expect("pack"),
+        serde_json::to_vec(&positional).expect("json"),
+    ];
+    for frame in frames {
+        req.send(&frame[..], 0).expect("send");
+        assert!(req.poll(zmq::POLLIN, 10_000).expect("poll") > 0, "no reply");
+        let reply = req.recv_bytes(0).expect("recv");
+        let (env, _) = chat_core::protocol::decode_reply(&reply).expect("a reply");
+        match env.reply {
+            chat_core::Reply::Error(e) => {
+                assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}");
+                assert!(
+                    e.description
+                        .contains("expected a request: a map with `service` and `data`"),
+                    "{e:?}"
+                );
+            }
+            other => panic!("a positional request was served: {other:?}"),
+        }
+    }
+    let c = cluster.client();
+    c.login("ana").expect("login");
+    assert_eq!(c.users().expect("users"), ["ana"]);
+}

@@ -374,6 +374,7 @@ fn reference_junk(ctx: zmq::Context, reference: String, stop: Arc<AtomicBool>) -
                     Request::Rank {
                         name: format!("fake-{}", rng.gen::<u32>()),
                         endpoint: None,
+                        rank: None,
                     },
                     Encoding::MsgPack,
                 ),

@@ -355,6 +355,28 @@ fn malformed_requests_get_error_replies() {
     let reply = call_raw(&s, &rmp_serde::to_vec(&[1, 2, 3]).unwrap());
     let v: Value = rmp_serde::from_slice(&reply).unwrap();
     assert_eq!(code(&v), "bad_request");
+    // A request written as an array, which serde alone would read field by field: refused
+    // (in both encodings), and the name it carries is not registered.
+    let positional = json!(["rank", {"user": "by-position", "clock": 4}]);
+    let v = call(&s, positional.clone());
+    assert_eq!(code(&v), "bad_request", "{v}");
+    assert!(
+        v["data"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("expected a request: a map with `service` and `data`")),
+        "{v}"
+    );
+    let v = call_json(&s, positional);
+    assert_eq!(code(&v), "bad_request", "{v}");
+    for not_a_map in [json!(42), json!("list"), Value::Null] {
+        let v = call(&s, not_a_map);
+        assert_eq!(code(&v), "bad_request", "{v}");
+    }
+    let v = call(&s, json!({"service": "list", "data": {}}));
+    assert!(
+        !v["data"]["list"].to_string().contains("by-position"),
+        "{v}"
+    );
 
     for (req, expected) in [
         (json!({"service": "rank", "data": {}}), "bad_request"),

@@ -44,14 +44,14 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use chat_core::codec::{self, Encoding};
+use chat_core::codec::Encoding;
 use chat_core::error::{ChatError, ErrorCode, NameKind};
 use chat_core::protocol::{
-    encode_reply, ErrorReply, Meta, Reply, ReplyEnvelope, Request, RequestEnvelope,
-    MAX_ACCEPTED_CLOCK,
+    decode_reference_request, decode_request, encode_reply, ErrorReply, Meta, ReferenceRequest,
+    Reply, ReplyEnvelope, RequestFailure, MAX_ACCEPTED_CLOCK,
 };
 use chat_core::time::Timestamp;
-use chat_core::wire::{ServerInfo, WireEnvelope};
+use chat_core::wire::ServerInfo;
 use chat_core::LamportClock;
 
 /// How long a server stays in `list` after it was last heard from, by default.
@@ -365,35 +365,36 @@ struct RequestContext {
 }
 
 impl RequestContext {
-    fn of(wire: &WireEnvelope, encoding: Encoding) -> RequestContext {
-        let data = wire.data.as_ref();
+    /// What a reply echoes: the service (`error` when unknown) and id, cut to a sane length.
+    fn new(
+        encoding: Encoding,
+        service: Option<&str>,
+        clock: u64,
+        id: Option<&str>,
+    ) -> RequestContext {
         RequestContext {
             encoding,
-            service: wire
-                .service
-                .as_deref()
-                .map_or_else(|| "error".to_string(), |s| s.chars().take(64).collect()),
-            clock: data
-                .and_then(|d| d.clock)
-                .or(wire.clock)
-                .filter(|c| *c <= MAX_ACCEPTED_CLOCK)
-                .unwrap_or(0),
-            id: data
-                .and_then(|d| d.id.as_deref())
-                .map(|s| s.chars().take(128).collect()),
+            service: service.map_or_else(|| "error".to_string(), |s| s.chars().take(64).collect()),
+            clock,
+            id: id.map(|s| s.chars().take(128).collect()),
         }
+    }
+
+    /// What a request that could not be served says about itself.
+    fn of_failure(f: &RequestFailure) -> RequestContext {
+        RequestContext::new(f.encoding, f.service.as_deref(), f.clock, f.id.as_deref())
     }
 
     /// Reads what it can from an arbitrary frame.
     fn read(body: &[u8]) -> RequestContext {
-        match codec::decode::<WireEnvelope>(body) {
-            Ok((wire, encoding)) => RequestContext::of(&wire, encoding),
-            Err((_, encoding)) => RequestContext {
+        match decode_request(body) {
+            Ok((env, encoding)) => RequestContext::new(
                 encoding,
-                service: "error".to_string(),
-                clock: 0,
-                id: None,
-            },
+                Some(env.request.service().as_str()),
+                env.meta.clock,
+                env.meta.id.as_deref(),
+            ),
+            Err(f) => RequestContext::of_failure(&f),
         }
     }
 }
@@ -478,39 +479,39 @@ impl ReferenceCore {
 
     /// Answers one request frame; always returns a reply in the request's encoding.
     pub fn handle_request(&mut self, body: &[u8], now: Instant, wall: Timestamp) -> Vec<u8> {
-        let (wire, encoding) = match codec::decode::<WireEnvelope>(body) {
+        let (env, encoding) = match decode_reference_request(body) {
             Ok(decoded) => decoded,
-            Err((e, encoding)) => {
-                let ctx = RequestContext {
-                    encoding,
-                    service: "error".to_string(),
-                    clock: 0,
-                    id: None,
-                };
-                return self.refuse(ctx, (&ChatError::BadFrame(e.0)).into(), wall);
+            Err(f) => {
+                if f.not_offered() {
+                    // A well-formed request of a service the reference does not offer: its
+                    // clock was always observed once as a request's, then again as a
+                    // refusal's (kept so that no reply changes).
+                    self.clock.observe(f.clock);
+                }
+                return self.refuse(RequestContext::of_failure(&f), (&f.error).into(), wall);
             }
-        };
-        let ctx = RequestContext::of(&wire, encoding);
-        // Our extensions, which the typed request does not carry.
-        let requested = wire.data.as_ref().and_then(|d| d.rank);
-        let endpoint = wire.data.as_ref().and_then(|d| d.endpoint.clone());
-        let env = match RequestEnvelope::from_wire(wire) {
-            Ok(env) => env,
-            Err(err) => return self.refuse(ctx, (&err).into(), wall),
         };
         self.clock.observe(env.meta.clock);
         let service = env.request.service();
+        // What a refusal by the registry (bad name, unknown server, ...) echoes.
+        let ctx = RequestContext::new(
+            encoding,
+            Some(service.as_str()),
+            env.meta.clock,
+            env.meta.id.as_deref(),
+        );
         let result = match env.request {
-            Request::Rank { name, endpoint } => self.rank(now, name, endpoint, requested),
-            Request::Heartbeat { user } => self.heartbeat(now, user, requested, endpoint),
-            Request::List => Ok(Reply::List(self.registry.list(now))),
-            other => Err(ErrorReply {
-                code: ErrorCode::UnknownService,
-                description: format!(
-                    "service `{}` is not offered by the reference service (it offers rank, list, heartbeat)",
-                    other.service()
-                ),
-            }),
+            ReferenceRequest::Rank {
+                name,
+                endpoint,
+                rank,
+            } => self.rank(now, name, endpoint, rank),
+            ReferenceRequest::Heartbeat {
+                user,
+                rank,
+                endpoint,
+            } => self.heartbeat(now, user, rank, endpoint),
+            ReferenceRequest::List => Ok(Reply::List(self.registry.list(now))),
         };
         match result {
             Ok(reply) => {
@@ -858,6 +859,54 @@ mod tests {
         let reply = c.handle_request(&body, now, Timestamp::from_millis(1_700_000_000_000));
         assert_ne!(reply.first(), Some(&b'{'), "msgpack in, msgpack out");
         rmp_serde::from_slice(&reply).unwrap()
+    }
+
+    #[test]
+    fn a_service_of_another_role_gets_the_same_refusal_as_ever() {
+        // Pinned reply: the request's clock is observed twice (once as a request, once as a
+        // refusal) and then ticked, exactly as before requests were typed by role.
+        let t = clock();
+        for (service, data) in [
+            (
+                "publish",
+                json!({"user": "a", "channel": "c", "message": "m"}),
+            ),
+            ("election", json!({"user": "s1", "rank": 1})),
+            ("status", json!({})),
+        ] {
+            let mut c = core();
+            let mut data = data;
+            data["clock"] = json!(5);
+            data["id"] = json!("x".repeat(200));
+            let r = call(&mut c, t(0), &json!({"service": service, "data": data}));
+            assert_eq!(r["service"], service);
+            assert_eq!(r["data"]["status"], "erro");
+            assert_eq!(r["data"]["code"], "unknown_service");
+            assert_eq!(
+                r["data"]["description"],
+                format!("service `{service}` is not offered by the reference service (it offers rank, list, heartbeat)")
+            );
+            assert_eq!(r["data"]["clock"], 8);
+            assert_eq!(r["data"]["id"], "x".repeat(128));
+        }
+        // A refusal by the registry echoes the same way (clock observed twice too).
+        let mut c = core();
+        let r = call(
+            &mut c,
+            t(0),
+            &json!({"service": "rank", "data": {"user": "  ", "clock": 5}}),
+        );
+        assert_eq!(r["data"]["code"], "invalid_name");
+        assert_eq!(r["data"]["clock"], 8);
+        // A malformed request: observed once.
+        let mut c = core();
+        let r = call(
+            &mut c,
+            t(0),
+            &json!({"service": "rank", "data": {"clock": 5}}),
+        );
+        assert_eq!(r["data"]["code"], "bad_request");
+        assert_eq!(r["data"]["clock"], 7);
     }
 
     #[test]

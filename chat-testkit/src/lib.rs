@@ -355,10 +355,13 @@ pub fn fake_peer(reference: &str, stop: Arc<AtomicBool>) -> (JoinHandle<usize>, 
                     Request::Rank {
                         name: "fake".into(),
                         endpoint: Some(ep.clone()),
+                        rank: None,
                     }
                 } else {
                     Request::Heartbeat {
                         user: Some("fake".into()),
+                        rank: None,
+                        endpoint: None,
                     }
                 };
                 first = false;

@@ -46,12 +46,14 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use chat_core::protocol::{
-    decode_announcement, decode_reply, decode_request, encode_announcement, encode_publication,
-    encode_reply, encode_request, RequestFailure, DEFAULT_SYNC_LIMIT,
+    decode_announcement, decode_client_request, decode_peer_request, decode_reply,
+    encode_announcement, encode_publication, encode_reply, encode_request, RequestFailure,
+    DEFAULT_SYNC_LIMIT,
 };
 use chat_core::{
-    ChatError, Encoding, Event, Limits, Meta, Reply, ReplyEnvelope, Request, RequestEnvelope,
-    ServerInfo, ServerStatus, Timestamp, TOPIC_REPLICATION, TOPIC_SERVERS,
+    ChatError, ClientRequest, Encoding, Event, Limits, Meta, PeerRequest, Reply, ReplyEnvelope,
+    Request, RequestEnvelope, ServerInfo, ServerStatus, Timestamp, TOPIC_REPLICATION,
+    TOPIC_SERVERS,
 };
 use chat_store::{Store, StoreError};
 use chat_sync::{
@@ -753,16 +755,20 @@ impl ServerCore {
         }
         self.dirty = true;
         let now_ts = self.clock_now(t);
-        let (env, encoding) = match decode_request(body) {
+        let (env, encoding) = match decode_client_request(body) {
             Ok(ok) => ok,
             Err(f) => {
+                if f.not_offered() {
+                    // A well-formed request of another role counts as a request, as before.
+                    self.berkeley.note_request(t.mono, now_ts.millis());
+                }
                 let reply = self.node.handle_failure(&f, now_ts);
                 self.queue_reply(token, &reply, f.encoding);
                 return;
             }
         };
         self.berkeley.note_request(t.mono, now_ts.millis());
-        if env.request == Request::Status {
+        if env.request == ClientRequest::Status {
             self.node.observe(env.meta.clock);
             let reply = ReplyEnvelope {
                 service: "status".into(),
@@ -772,7 +778,7 @@ impl ServerCore {
             self.queue_reply(token, &reply, encoding);
             return;
         }
-        let Handled { reply, hold_for } = self.node.handle_request(env, now_ts);
+        let Handled { reply, hold_for } = self.node.handle_client_request(env, now_ts);
         match hold_for {
             Some(seq) => match encode_reply(&reply, encoding) {
                 Ok(bytes) => self.repl.hold(
@@ -858,7 +864,7 @@ impl ServerCore {
     /// A request on our peer socket, from the sender identified by `envelope`.
     pub fn handle_peer_request(&mut self, t: Time, envelope: Vec<Vec<u8>>, body: &[u8]) {
         self.dirty = true;
-        let reply = match decode_request(body) {
+        let reply = match decode_peer_request(body) {
             Ok((env, _)) => self.peer_request(t, env),
             Err(f) => PeerReply::Ready(self.failure_reply(t, &f)),
         };
@@ -871,7 +877,7 @@ impl ServerCore {
         self.node.handle_failure(f, now_ts)
     }
 
-    fn peer_request(&mut self, t: Time, env: RequestEnvelope) -> PeerReply {
+    fn peer_request(&mut self, t: Time, env: RequestEnvelope<PeerRequest>) -> PeerReply {
         let now = t.mono;
         self.node.observe(env.meta.clock);
         let service = env.request.service();
@@ -884,7 +890,7 @@ impl ServerCore {
             })
         };
         match env.request {
-            Request::Heartbeat { user } => {
+            PeerRequest::Heartbeat { user } => {
                 if let Some(u) = user {
                     if self.peers.contains(&u) {
                         self.fd.heard(now, &u);
@@ -892,7 +898,7 @@ impl ServerCore {
                 }
                 done(self, Reply::Done)
             }
-            Request::Election { from, rank, term } => {
+            PeerRequest::Election { from, rank, term } => {
                 self.fd.heard(now, &from);
                 let ok = match self.bully.as_mut() {
                     Some(b) => {
@@ -919,7 +925,7 @@ impl ServerCore {
                 }
                 done(self, Reply::Done)
             }
-            Request::Coordinator(a) => {
+            PeerRequest::Coordinator(a) => {
                 self.fd.heard(now, &a.coordinator);
                 if let Some(b) = self.bully.as_mut() {
                     b.handle_announcement(now, a);
@@ -927,15 +933,15 @@ impl ServerCore {
                 self.drain_bully(t, None);
                 done(self, Reply::Done)
             }
-            Request::Clock => {
+            PeerRequest::Clock => {
                 let c = self.clock_now(t);
                 done(self, Reply::Clock(c))
             }
-            Request::Adjust { offset_ms } => {
+            PeerRequest::Adjust { offset_ms } => {
                 self.adjust_clock(offset_ms);
                 done(self, Reply::Done)
             }
-            Request::Replicate { from, events } => {
+            PeerRequest::Replicate { from, events } => {
                 if !self.peers.contains(&from) {
                     // Only servers the reference lists may write into our state (the sender
                     // retries after its ack timeout, by when our list knows a new peer).
@@ -951,7 +957,7 @@ impl ServerCore {
                 }
                 PeerReply::Vector(service.as_str().to_string(), id)
             }
-            Request::Sync {
+            PeerRequest::Sync {
                 from,
                 vector,
                 limit,
@@ -961,27 +967,20 @@ impl ServerCore {
                 }
                 PeerReply::Sync { vector, limit, id }
             }
-            Request::Status => {
+            PeerRequest::Status => {
                 let s = self.status(t);
                 done(self, Reply::Status(Box::new(s)))
             }
-            r @ (Request::Users | Request::Channels | Request::History { .. }) => {
+            PeerRequest::Read(read) => {
                 let now_ts = self.clock_now(t);
-                let handled = self.node.handle_request(
+                let handled = self.node.handle_client_request(
                     RequestEnvelope {
-                        request: r,
+                        request: ClientRequest::Read(read),
                         meta: env.meta,
                     },
                     now_ts,
                 );
                 PeerReply::Ready(handled.reply)
-            }
-            other => {
-                let e = ChatError::NotOffered {
-                    service: other.service().as_str().to_string(),
-                    reason: "the peer socket takes server-to-server requests and reads; writes go through the broker",
-                };
-                done(self, Reply::Error((&e).into()))
             }
         }
     }
@@ -1240,6 +1239,8 @@ impl ServerCore {
         for peer in self.fd.due_heartbeats(now) {
             let req = Request::Heartbeat {
                 user: Some(self.cfg.name.clone()),
+                rank: None,
+                endpoint: None,
             };
             self.send_peer(t, &peer, req, Pending::Ping);
         }

@@ -1,11 +1,11 @@
 //! The socket-free heart of a server: the chat state, the Lamport clock, and the events
 //! of the current loop iteration waiting for their commit.
 
-use chat_core::protocol::RequestFailure;
+use chat_core::protocol::{RequestFailure, NOT_A_CLIENT_SERVICE};
 use chat_core::ratelimit::{write_key, RateLimit, RateLimiter};
 use chat_core::{
-    ChatError, ChatState, Event, EventId, EventKind, HistoryTarget, LamportClock, Limits, Meta,
-    Reply, ReplyEnvelope, Request, RequestEnvelope, Timestamp,
+    ChatError, ChatState, ClientRequest, Event, EventId, EventKind, HistoryTarget, LamportClock,
+    Limits, Meta, Read, Reply, ReplyEnvelope, RequestEnvelope, Timestamp,
 };
 use tracing::{debug, warn};
 
@@ -122,8 +122,31 @@ impl Node {
         }
     }
 
-    /// Handles a decoded client request at physical time `now`.
+    /// Handles a request of any role at physical time `now` as a client's: a service
+    /// clients may not use gets the error reply [`chat_core::protocol::decode_client_request`]
+    /// gives it (for callers holding a [`chat_core::Request`], such as tests).
     pub fn handle_request(&mut self, env: RequestEnvelope, now: Timestamp) -> Handled {
+        let RequestEnvelope { request, meta } = env;
+        let service = request.service();
+        match ClientRequest::try_from(request) {
+            Ok(request) => self.handle_client_request(RequestEnvelope { request, meta }, now),
+            Err(e) => {
+                self.clock.observe(meta.clock);
+                debug!(server = %self.name, %service, error = %e, "request refused");
+                Handled {
+                    reply: ReplyEnvelope::error(service.as_str(), &e, self.meta(now, meta.id)),
+                    hold_for: None,
+                }
+            }
+        }
+    }
+
+    /// Handles a decoded client request at physical time `now`.
+    pub fn handle_client_request(
+        &mut self,
+        env: RequestEnvelope<ClientRequest>,
+        now: Timestamp,
+    ) -> Handled {
         self.clock.observe(env.meta.clock);
         let service = env.request.service();
         let id = env.meta.id.clone();
@@ -158,47 +181,48 @@ impl Node {
 
     fn answer(
         &mut self,
-        env: RequestEnvelope,
+        env: RequestEnvelope<ClientRequest>,
         now: Timestamp,
     ) -> Result<(Reply, Option<u64>), ChatError> {
         let RequestEnvelope { request, meta } = env;
-        if let Some(kind) = EventKind::from_request(&request) {
-            if let Some(rid) = &meta.id {
-                if let Some(original) = self.state.event_for_request(rid) {
-                    // A retry of a write we already have: the same answer, once it is safe.
-                    let hold = (original.origin == self.name).then_some(original.seq);
-                    return Ok((Reply::Done, hold));
-                }
-            }
-            // Charged after the retry check (a retry costs nothing) and before validation
-            // (refused writes cost a token too).
-            self.limiter.check(write_key(&kind), now.millis())?;
-            self.state.validate(&kind, &self.limits)?;
-            let seq = self.next_seq;
-            let event = Event {
-                id: EventId {
-                    origin: self.name.clone(),
-                    seq,
-                },
-                clock: self.clock.tick(),
-                timestamp: now,
-                request_id: meta.id,
-                kind,
-            };
-            self.next_seq += 1;
-            self.state.apply(&event);
-            self.pending.push(event.clone());
-            self.local.push(event);
-            return Ok((Reply::Done, Some(seq)));
-        }
         let reply = match request {
-            Request::Users => Reply::Users(capped(self.state.users())),
-            Request::Channels => Reply::Channels(capped(self.state.channels())),
-            Request::History {
+            ClientRequest::Write(write) => {
+                let kind = EventKind::from(write);
+                if let Some(rid) = &meta.id {
+                    if let Some(original) = self.state.event_for_request(rid) {
+                        // A retry of a write we already have: the same answer, once it is safe.
+                        let hold = (original.origin == self.name).then_some(original.seq);
+                        return Ok((Reply::Done, hold));
+                    }
+                }
+                // Charged after the retry check (a retry costs nothing) and before validation
+                // (refused writes cost a token too).
+                self.limiter.check(write_key(&kind), now.millis())?;
+                self.state.validate(&kind, &self.limits)?;
+                let seq = self.next_seq;
+                let event = Event {
+                    id: EventId {
+                        origin: self.name.clone(),
+                        seq,
+                    },
+                    clock: self.clock.tick(),
+                    timestamp: now,
+                    request_id: meta.id,
+                    kind,
+                };
+                self.next_seq += 1;
+                self.state.apply(&event);
+                self.pending.push(event.clone());
+                self.local.push(event);
+                return Ok((Reply::Done, Some(seq)));
+            }
+            ClientRequest::Read(Read::Users) => Reply::Users(capped(self.state.users())),
+            ClientRequest::Read(Read::Channels) => Reply::Channels(capped(self.state.channels())),
+            ClientRequest::Read(Read::History {
                 target,
                 before,
                 limit,
-            } => {
+            }) => {
                 let (HistoryTarget::Channel(name) | HistoryTarget::User(name)) = &target;
                 if name.is_empty() {
                     return Err(ChatError::MissingField {
@@ -211,14 +235,14 @@ impl Node {
                         .history(&target, before.as_deref(), limit as usize)?,
                 )
             }
-            Request::Subscribe { .. } | Request::Unsubscribe { .. } | Request::Heartbeat { .. } => {
-                Reply::Done
-            }
-            other => {
+            ClientRequest::Presence(_) => Reply::Done,
+            ClientRequest::Status => {
+                // The runtime answers `status` (it knows the cluster) before a request
+                // reaches the node; a node alone refuses it as it always has.
                 return Err(ChatError::NotOffered {
-                    service: other.service().as_str().to_string(),
-                    reason: "chat servers answer chat services; ranks and lists are the reference's, the rest is server-to-server",
-                })
+                    service: "status".into(),
+                    reason: NOT_A_CLIENT_SERVICE,
+                });
             }
         };
         Ok((reply, None))

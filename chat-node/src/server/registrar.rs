@@ -119,12 +119,15 @@ impl Registrar {
                 Request::Rank {
                     name: name.to_string(),
                     endpoint: Some(endpoint.to_string()),
+                    rank: None,
                 },
             ),
             Some(_) if self.heartbeat_next => (
                 Asked::Heartbeat,
                 Request::Heartbeat {
                     user: Some(name.to_string()),
+                    rank: None,
+                    endpoint: None,
                 },
             ),
             Some(_) => (Asked::List, Request::List),
