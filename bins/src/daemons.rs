@@ -134,6 +134,11 @@ pub struct ReferenceArgs {
     #[arg(long, env = "CHAT_REFERENCE_TIMEOUT_MS", default_value_t = 3000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
+    /// Directory where assigned ranks are kept (`ranks.json`, written before a rank is
+    /// handed out), so a restart never gives a server's rank to another one; without it
+    /// ranks live in memory and a restarted reference forgets those of absent servers.
+    #[arg(long, env = "CHAT_REFERENCE_DATA")]
+    pub data: Option<PathBuf>,
 }
 
 /// Runs the reference until `shutdown`.
@@ -142,6 +147,7 @@ pub fn reference(args: &ReferenceArgs, shutdown: &Shutdown) -> anyhow::Result<()
     let cfg = ReferenceConfig {
         bind: args.bind.clone(),
         timeout: Duration::from_millis(args.timeout_ms),
+        data: args.data.clone(),
         ..ReferenceConfig::default()
     };
     let (tx, rx) = crossbeam_channel::bounded::<String>(1);

@@ -32,7 +32,8 @@ pub struct UpArgs {
     /// Number of bots.
     #[arg(long, env = "CHAT_BOTS", default_value_t = 2)]
     pub bots: usize,
-    /// Data directory; server N keeps its database in `<data>/server-N`.
+    /// Data directory; server N keeps its database in `<data>/server-N`, the reference its
+    /// rank assignments in `<data>/reference`.
     #[arg(long, env = "CHAT_DATA", default_value = "data")]
     pub data: PathBuf,
     /// First port: broker frontend = base, backend = base+1, proxy XSUB = base+2,
@@ -235,7 +236,13 @@ fn start(
     let (mut reference, rx) = spawn(
         exe,
         "reference",
-        &["reference".into(), "--bind".into(), tcp(ports.reference)],
+        &[
+            "reference".into(),
+            "--bind".into(),
+            tcp(ports.reference),
+            "--data".into(),
+            args.data.join("reference").display().to_string(),
+        ],
     )?;
     let ready = wait_listening(&mut reference, &rx);
     procs.push(reference);

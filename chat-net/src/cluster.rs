@@ -36,7 +36,7 @@ use chat_store::{MemoryStore, SqliteStore, Store, StoreError};
 use crate::broker::{Broker, BrokerConfig, BrokerStats};
 use crate::client::ClientConfig;
 use crate::proxy::{Proxy, ProxyConfig, ProxyStats};
-use crate::reference::{Reference, ReferenceConfig, ReferenceStats};
+use crate::reference::{Reference, ReferenceConfig, ReferenceError, ReferenceStats};
 use crate::server::{run_server, ServerConfig, ServerError};
 use crate::{Context, Shutdown};
 
@@ -310,7 +310,14 @@ impl ClusterBuilder {
                     let r = Reference::bind(ctx, &cfg)?;
                     Ok((r.endpoint().to_string(), r))
                 },
-                move |r: Reference| log_failure("reference", r.run(&sd)),
+                move |r: Reference| {
+                    // The in-process reference keeps its ranks in memory (no data
+                    // directory), so only transport errors can end it.
+                    log_failure("reference", r.run(&sd)).map_err(|e| match e {
+                        ReferenceError::Zmq(z) => z,
+                        ReferenceError::Ranks { .. } => zmq::Error::EINVAL,
+                    })
+                },
             )?;
             cluster.reference = Some(Thread::new(name, thread));
             cluster.endpoints.reference = Some(endpoint);
@@ -599,7 +606,7 @@ fn keep_first<S>(
 }
 
 /// Logs why a component stopped with an error, and returns its result.
-fn log_failure<S>(what: &str, result: zmq::Result<S>) -> zmq::Result<S> {
+fn log_failure<S, E: std::fmt::Display>(what: &str, result: Result<S, E>) -> Result<S, E> {
     if let Err(e) = &result {
         tracing::error!(component = what, error = %e, "failed");
     }

@@ -12,7 +12,18 @@
 //! than [`sockets::MAX_MSG_SIZE`] close the sender's connection (libzmq `MAXMSGSIZE`).
 //! Replies to vanished clients are dropped. The loop polls every 100 ms for the
 //! [`Shutdown`] flag.
+//!
+//! # Ranks across restarts
+//!
+//! With a data directory ([`ReferenceConfig::data`]), every rank assignment is written to
+//! `ranks.json` there (atomically, fsynced) before the reply that reveals it is sent, and
+//! read back on start: a name keeps its rank and no rank is ever given to another name,
+//! even if its server is down while the reference restarts. (Without one, a restarted
+//! reference can give a newcomer the rank of a server that is away, and two servers can
+//! then claim the same election term; the simulator finds that in seconds.)
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chat_core::time::Timestamp;
@@ -42,6 +53,28 @@ pub struct ReferenceConfig {
     pub timeout: Duration,
     /// Most distinct names kept; new names beyond it get `unavailable` (default 4096).
     pub max_servers: usize,
+    /// Directory where rank assignments are kept (`ranks.json`), so that they survive a
+    /// restart; `None` keeps them in memory only.
+    pub data: Option<PathBuf>,
+}
+
+/// File name of the saved rank assignments in [`ReferenceConfig::data`].
+pub const RANKS_FILE: &str = "ranks.json";
+
+/// Why the reference stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ReferenceError {
+    /// ZeroMQ failed.
+    #[error("transport error: {0}")]
+    Zmq(#[from] zmq::Error),
+    /// The saved rank assignments could not be read or written.
+    #[error("rank assignments in {path}: {reason}")]
+    Ranks {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl Default for ReferenceConfig {
@@ -51,6 +84,7 @@ impl Default for ReferenceConfig {
             bind: "tcp://*:5559".to_string(),
             timeout: DEFAULT_TIMEOUT,
             max_servers: DEFAULT_MAX_SERVERS,
+            data: None,
         }
     }
 }
@@ -93,13 +127,20 @@ impl Reference {
     }
 
     /// Serves until `shutdown` is raised.
-    pub fn run(self, shutdown: &Shutdown) -> zmq::Result<ReferenceStats> {
+    pub fn run(self, shutdown: &Shutdown) -> Result<ReferenceStats, ReferenceError> {
+        let mut core = match &self.cfg.data {
+            Some(dir) => {
+                let saved = load_ranks(dir)?;
+                tracing::info!(dir = %dir.display(), ranks = saved.len(), "rank assignments loaded");
+                ReferenceCore::restore(self.cfg.timeout, self.cfg.max_servers, saved)
+            }
+            None => ReferenceCore::new(self.cfg.timeout, self.cfg.max_servers),
+        };
         tracing::info!(
             bind = %self.endpoint,
             timeout_ms = self.cfg.timeout.as_millis() as u64,
             "reference running"
         );
-        let mut core = ReferenceCore::new(self.cfg.timeout, self.cfg.max_servers);
         let result = self.serve(&mut core, shutdown);
         core.poll_changes(Instant::now());
         let stats = core.stats();
@@ -107,7 +148,7 @@ impl Reference {
         result.map(|()| stats)
     }
 
-    fn serve(&self, core: &mut ReferenceCore, shutdown: &Shutdown) -> zmq::Result<()> {
+    fn serve(&self, core: &mut ReferenceCore, shutdown: &Shutdown) -> Result<(), ReferenceError> {
         let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
         while !shutdown.is_triggered() {
             let readable = {
@@ -115,7 +156,7 @@ impl Reference {
                 match zmq::poll(&mut items, POLL_INTERVAL.as_millis() as i64) {
                     Ok(_) => {}
                     Err(zmq::Error::EINTR) => continue,
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 }
                 items[0].is_readable()
             };
@@ -124,11 +165,17 @@ impl Reference {
                     let frames = match self.socket.recv_multipart(zmq::DONTWAIT) {
                         Ok(frames) => frames,
                         Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => break,
-                        Err(e) => return Err(e),
+                        Err(e) => return Err(e.into()),
                     };
-                    if let Some((envelope, reply)) =
-                        core.handle_message(frames, Instant::now(), wall_clock())
-                    {
+                    let reply = core.handle_message(frames, Instant::now(), wall_clock());
+                    // A new rank is durable before the reply that reveals it leaves; if it
+                    // cannot be saved, the reference stops rather than hand it out.
+                    if let Some(assignments) = core.take_unsaved() {
+                        if let Some(dir) = &self.cfg.data {
+                            save_ranks(dir, &assignments)?;
+                        }
+                    }
+                    if let Some((envelope, reply)) = reply {
                         self.send(core, &envelope, &reply);
                     }
                 }
@@ -159,13 +206,43 @@ pub fn run_reference(
     cfg: &ReferenceConfig,
     shutdown: &Shutdown,
     bound: Option<crossbeam_channel::Sender<String>>,
-) -> zmq::Result<()> {
+) -> Result<(), ReferenceError> {
     let reference = Reference::bind(ctx, cfg)?;
     if let Some(tx) = bound {
         // The receiver may have gone away; the reference runs anyway.
         let _ = tx.send(reference.endpoint.clone());
     }
     reference.run(shutdown).map(|_| ())
+}
+
+/// Reads the saved assignments of `dir` (none if the file does not exist yet).
+fn load_ranks(dir: &Path) -> Result<Vec<(String, u64)>, ReferenceError> {
+    let path = dir.join(RANKS_FILE);
+    let fail = |reason: String| ReferenceError::Ranks {
+        path: path.clone(),
+        reason,
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let ranks: BTreeMap<String, u64> = serde_json::from_str(&text)
+        .map_err(|e| fail(format!("not a JSON map of server name to rank: {e}")))?;
+    Ok(ranks.into_iter().collect())
+}
+
+/// Saves every assignment in `dir` (created if missing), durably.
+fn save_ranks(dir: &Path, assignments: &[(String, u64)]) -> Result<(), ReferenceError> {
+    let ranks: BTreeMap<&str, u64> = assignments.iter().map(|(n, r)| (n.as_str(), *r)).collect();
+    std::fs::create_dir_all(dir)
+        .map_err(chat_store::StoreError::from)
+        .and_then(|()| chat_store::write_json_atomic(dir, RANKS_FILE, &ranks))
+        .and_then(|()| chat_store::sync_dir(dir))
+        .map_err(|e| ReferenceError::Ranks {
+            path: dir.join(RANKS_FILE),
+            reason: e.to_string(),
+        })
 }
 
 /// The wall clock as a wire timestamp.

@@ -26,7 +26,7 @@ fn test_config(timeout: Duration) -> ReferenceConfig {
 struct Harness {
     ctx: zmq::Context,
     endpoint: String,
-    running: Running<zmq::Result<ReferenceStats>>,
+    running: Running<Result<ReferenceStats, chat_net::reference::ReferenceError>>,
 }
 
 impl Harness {
@@ -516,4 +516,47 @@ fn run_reference_reports_its_endpoint_and_stops() {
         rx.try_recv().is_err(),
         "no endpoint reported when bind fails"
     );
+}
+
+/// With a data directory, ranks survive a restart of the reference: a server that is away
+/// meanwhile keeps its rank, and a newcomer gets a rank nobody ever had (two servers with
+/// one rank could claim the same election term).
+#[test]
+fn ranks_survive_a_restart_with_a_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ReferenceConfig {
+        data: Some(dir.path().to_path_buf()),
+        ..test_config(Duration::from_secs(3))
+    };
+    let first = Harness::start(cfg.clone());
+    let s = first.req();
+    assert_eq!(rank(&s, json!({"user": "server-1"})), 1);
+    assert_eq!(rank(&s, json!({"user": "server-2"})), 2);
+    first.stop();
+    let saved: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join(chat_net::reference::RANKS_FILE)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved, json!({"server-1": 1, "server-2": 2}));
+
+    // Restarted: server-2 is away; server-3 must not get its rank.
+    let again = Harness::start(cfg.clone());
+    let s = again.req();
+    assert_eq!(rank(&s, json!({"user": "server-3"})), 3);
+    assert_eq!(rank(&s, json!({"user": "server-1", "rank": 9})), 1);
+    let r = heartbeat(&s, json!({"user": "server-2", "rank": 2}));
+    assert_eq!(r["data"]["status"], "OK", "{r}");
+    again.stop();
+
+    // Without a data directory the same restart forgets: the newcomer gets rank 1.
+    let forgetful = Harness::start(test_config(Duration::from_secs(3)));
+    let s = forgetful.req();
+    assert_eq!(rank(&s, json!({"user": "server-3"})), 1);
+    forgetful.stop();
+
+    // A file that is not a map of ranks stops the reference with an error that says so.
+    std::fs::write(dir.path().join(chat_net::reference::RANKS_FILE), "[1, 2]").unwrap();
+    let broken = Harness::start(cfg);
+    let err = broken.running.stop(SOON).unwrap_err();
+    assert!(err.to_string().contains("ranks.json"), "{err}");
 }

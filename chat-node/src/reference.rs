@@ -124,7 +124,8 @@ impl RegistryError {
 struct Entry {
     rank: u64,
     endpoint: Option<String>,
-    last_seen: Instant,
+    /// When it was last heard from in this run (`None`: known from a saved assignment only).
+    last_seen: Option<Instant>,
     /// Whether the last change reported for it is `Joined`.
     listed: bool,
 }
@@ -137,6 +138,8 @@ pub struct Registry {
     by_rank: HashMap<u64, String>,
     max_rank: u64,
     changes: Vec<Change>,
+    /// A rank was assigned since the assignments were last taken for saving.
+    unsaved: bool,
 }
 
 impl Default for Registry {
@@ -155,7 +158,50 @@ impl Registry {
             by_rank: HashMap::new(),
             max_rank: 0,
             changes: Vec::new(),
+            unsaved: false,
         }
+    }
+
+    /// A registry that remembers earlier `assignments` (name, rank), saved by a previous
+    /// run: those names keep their ranks, and no rank is ever given to another name. They
+    /// are not live until heard from. Assignments that clash (a rank twice, out of range)
+    /// are skipped.
+    pub fn restore(
+        timeout: Duration,
+        assignments: impl IntoIterator<Item = (String, u64)>,
+    ) -> Self {
+        let mut r = Registry::new(timeout);
+        for (name, rank) in assignments {
+            if r.is_free(rank) && !r.by_name.contains_key(&name) {
+                r.max_rank = r.max_rank.max(rank);
+                r.by_rank.insert(rank, name.clone());
+                r.by_name.insert(
+                    name,
+                    Entry {
+                        rank,
+                        endpoint: None,
+                        last_seen: None,
+                        listed: false,
+                    },
+                );
+            }
+        }
+        r
+    }
+
+    /// Every (name, rank) assigned, sorted by name, if one was assigned since the last call:
+    /// what must be saved (before the rank is revealed) for ranks to survive a restart.
+    pub fn take_unsaved(&mut self) -> Option<Vec<(String, u64)>> {
+        if !std::mem::take(&mut self.unsaved) {
+            return None;
+        }
+        let mut all: Vec<(String, u64)> = self
+            .by_name
+            .iter()
+            .map(|(n, e)| (n.clone(), e.rank))
+            .collect();
+        all.sort();
+        Some(all)
     }
 
     /// The liveness timeout.
@@ -265,7 +311,10 @@ impl Registry {
         let timeout = self.timeout;
         let mut left: Vec<ServerInfo> = Vec::new();
         for (name, e) in &mut self.by_name {
-            if e.listed && now.saturating_duration_since(e.last_seen) > timeout {
+            if e.listed
+                && e.last_seen
+                    .is_none_or(|at| now.saturating_duration_since(at) > timeout)
+            {
                 e.listed = false;
                 left.push(info(name, e));
             }
@@ -276,8 +325,8 @@ impl Registry {
         changes
     }
 
-    fn within(&self, last_seen: Instant, now: Instant) -> bool {
-        now.saturating_duration_since(last_seen) <= self.timeout
+    fn within(&self, last_seen: Option<Instant>, now: Instant) -> bool {
+        last_seen.is_some_and(|at| now.saturating_duration_since(at) <= self.timeout)
     }
 
     fn is_free(&self, rank: u64) -> bool {
@@ -296,6 +345,7 @@ impl Registry {
     }
 
     fn insert(&mut self, now: Instant, name: &str, rank: u64) {
+        self.unsaved = true;
         self.max_rank = self.max_rank.max(rank);
         self.by_rank.insert(rank, name.to_string());
         self.by_name.insert(
@@ -303,7 +353,7 @@ impl Registry {
             Entry {
                 rank,
                 endpoint: None,
-                last_seen: now,
+                last_seen: Some(now),
                 listed: false,
             },
         );
@@ -315,12 +365,14 @@ impl Registry {
         let Some(e) = self.by_name.get_mut(name) else {
             return;
         };
-        let was_live = e.listed && now.saturating_duration_since(e.last_seen) <= timeout;
+        let was_live = e.listed
+            && e.last_seen
+                .is_some_and(|at| now.saturating_duration_since(at) <= timeout);
         if e.listed && !was_live {
             // Went silent and came back before a sweep noticed: report both.
             self.changes.push(Change::Left(info(name, e)));
         }
-        e.last_seen = now;
+        e.last_seen = Some(now);
         if let Some(ep) = endpoint {
             e.endpoint = Some(ep);
         }
@@ -420,6 +472,26 @@ impl ReferenceCore {
             max_servers,
             stats: ReferenceStats::default(),
         }
+    }
+
+    /// A core that remembers the `assignments` (name, rank) a previous run saved (see
+    /// [`ReferenceCore::take_unsaved`]): ranks survive restarts and are never reused.
+    pub fn restore(
+        timeout: Duration,
+        max_servers: usize,
+        assignments: impl IntoIterator<Item = (String, u64)>,
+    ) -> ReferenceCore {
+        ReferenceCore {
+            registry: Registry::restore(timeout, assignments),
+            ..ReferenceCore::new(timeout, max_servers)
+        }
+    }
+
+    /// Every (name, rank) assigned, if a rank was assigned since the last call. A driver
+    /// that keeps ranks across restarts saves this before it sends the reply of the
+    /// request that caused it (a rank is never revealed before it is durable).
+    pub fn take_unsaved(&mut self) -> Option<Vec<(String, u64)>> {
+        self.registry.take_unsaved()
     }
 
     /// The registry (ranks and liveness).
@@ -907,6 +979,42 @@ mod tests {
         );
         assert_eq!(r["data"]["code"], "bad_request");
         assert_eq!(r["data"]["clock"], 7);
+    }
+
+    #[test]
+    fn saved_assignments_keep_ranks_across_a_restart() {
+        let t = clock();
+        let mut first = Registry::new(Duration::from_secs(3));
+        assert_eq!(first.rank(t(0), "s1", None, None), 1);
+        assert_eq!(first.rank(t(0), "s2", None, None), 2);
+        let saved = first.take_unsaved().unwrap();
+        assert_eq!(saved, vec![("s1".to_string(), 1), ("s2".to_string(), 2)]);
+        assert_eq!(first.take_unsaved(), None, "nothing new to save");
+        assert_eq!(first.rank(t(1), "s1", None, None), 1);
+        assert_eq!(first.take_unsaved(), None, "a known name assigns nothing");
+
+        // A restart: s2 is away; a newcomer must not get its rank.
+        let mut again = Registry::restore(Duration::from_secs(3), saved);
+        assert!(again.list(t(10)).is_empty(), "restored names are not live");
+        assert_eq!(again.rank(t(10), "s3", None, None), 3);
+        assert_eq!(
+            again.rank(t(10), "s1", None, Some(7)),
+            1,
+            "s1 keeps its rank"
+        );
+        assert!(again.heartbeat(t(11), "s2", Some(2), None).is_ok());
+        assert_eq!(
+            again.list(t(11)).iter().map(|s| s.rank).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        // Clashing saved assignments are skipped, not trusted.
+        let odd = Registry::restore(
+            Duration::from_secs(3),
+            [("a".into(), 1), ("b".into(), 1), ("c".into(), 0)],
+        );
+        assert_eq!(odd.rank_of("a"), Some(1));
+        assert_eq!(odd.rank_of("b"), None);
+        assert_eq!(odd.rank_of("c"), None);
     }
 
     #[test]

@@ -125,6 +125,8 @@ pub struct World {
     broker_steps: u64,
     reference: Option<ReferenceCore>,
     reference_inc: u32,
+    /// The reference's saved rank assignments (its data directory).
+    reference_saved: Vec<(String, u64)>,
     proxy_up: bool,
     proxy_inc: u32,
     clients: Vec<SimClient>,
@@ -197,6 +199,7 @@ impl World {
             broker_steps: 0,
             reference: None,
             reference_inc: 0,
+            reference_saved: Vec::new(),
             proxy_up: true,
             proxy_inc: 0,
             clients,
@@ -530,9 +533,11 @@ impl World {
 
     fn start_reference(&mut self) {
         self.reference_inc += 1;
-        self.reference = Some(ReferenceCore::new(
+        // As `chat up` runs it: with a data directory, ranks survive restarts.
+        self.reference = Some(ReferenceCore::restore(
             chat_node::reference::DEFAULT_TIMEOUT,
             chat_node::reference::DEFAULT_MAX_SERVERS,
+            self.reference_saved.clone(),
         ));
         self.log(|| "reference up".into());
     }
@@ -551,6 +556,10 @@ impl World {
         } = msg
         {
             let reply = r.handle_request(&body, now, wall);
+            // Saved before the reply that reveals a new rank leaves.
+            if let Some(saved) = r.take_unsaved() {
+                self.reference_saved = saved;
+            }
             self.send_to(
                 Addr::Reference,
                 Addr::Server(server),

@@ -193,8 +193,10 @@ fn is_visible(state: &ChatState, e: &Event) -> bool {
 /// Distinguishes temporary files of concurrent exports within one process.
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Writes `value` as pretty JSON to `dir/name` through a fsynced temporary file and a rename.
-fn write_json_atomic<T: Serialize + ?Sized>(
+/// Writes `value` as pretty JSON to `dir/name` through a fsynced temporary file and a
+/// rename (a reader sees the old file or the new one, never half of one). Sync the
+/// directory ([`sync_dir`]) for the rename itself to survive a power loss.
+pub fn write_json_atomic<T: Serialize + ?Sized>(
     dir: &Path,
     name: &str,
     value: &T,

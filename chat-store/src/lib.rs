@@ -25,9 +25,10 @@ pub mod hooked;
 pub mod memory;
 pub mod sqlite;
 
+pub use export::write_json_atomic;
 pub use hooked::HookedStore;
 pub use memory::MemoryStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{sync_dir, SqliteStore};
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -203,7 +203,7 @@ fn user_version(conn: &Connection) -> Result<i64, StoreError> {
 
 /// Fsyncs a directory so that entries just created in it survive power loss (Unix only;
 /// file systems that cannot sync a directory are tolerated).
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     #[cfg(unix)]
     match std::fs::File::open(dir).and_then(|f| f.sync_all()) {
         Ok(()) => {}
