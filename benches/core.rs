@@ -49,6 +49,8 @@ fn channel_publication() -> Publication {
         timestamp: Timestamp::from_millis(T0 + 1),
         clock: 19,
         id: Some("server-1/4242".into()),
+        rid: Some("5f0c6a1e2d3b4c5d6e7f8091a2b3c4d5".into()),
+        prev: Some(4241),
     })
 }
 

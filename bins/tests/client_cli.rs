@@ -51,6 +51,8 @@ fn post(channel: &str, user: &str, message: &str) -> ChannelPost {
         timestamp: T,
         clock: 7,
         id: None,
+        rid: None,
+        prev: None,
     }
 }
 
@@ -62,6 +64,8 @@ fn direct(src: &str, dst: &str, message: &str) -> DirectPost {
         timestamp: T,
         clock: 8,
         id: Some(s("server-1/3")),
+        rid: None,
+        prev: None,
     }
 }
 

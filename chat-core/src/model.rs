@@ -38,6 +38,19 @@ pub struct EventId {
     pub seq: u64,
 }
 
+impl EventId {
+    /// Reads the `origin/seq` form of an event id (the last `/` separates them); `None`
+    /// when it is not one (e.g. a seed server's own ids).
+    pub fn parse(s: &str) -> Option<EventId> {
+        let (origin, seq) = s.rsplit_once('/')?;
+        let seq = seq.parse().ok().filter(|&n| n > 0)?;
+        (!origin.is_empty()).then(|| EventId {
+            origin: origin.to_string(),
+            seq,
+        })
+    }
+}
+
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.origin, self.seq)
@@ -128,6 +141,8 @@ impl Event {
                 timestamp: self.timestamp,
                 clock: self.clock,
                 id: Some(self.id.to_string()),
+                rid: self.request_id.clone(),
+                prev: None,
             })),
             EventKind::DirectMessage { src, dst, message } => {
                 Some(Publication::Direct(DirectPost {
@@ -137,6 +152,8 @@ impl Event {
                     timestamp: self.timestamp,
                     clock: self.clock,
                     id: Some(self.id.to_string()),
+                    rid: self.request_id.clone(),
+                    prev: None,
                 }))
             }
             _ => None,
@@ -242,8 +259,14 @@ pub struct DirectPost {
     pub timestamp: Timestamp,
     /// Lamport stamp of the event.
     pub clock: u64,
-    /// Event id.
+    /// Event id (`origin/seq`).
     pub id: Option<String>,
+    /// The request id of the write (`data.id` of the client's request), when it had one.
+    pub rid: Option<String>,
+    /// On a live publication: the sequence number of the previous event of the same origin
+    /// published on the same topic (0 when none), so a subscriber can tell it missed one.
+    /// `None` in history items and in publications of servers that do not send it.
+    pub prev: Option<u64>,
 }
 
 /// A channel post as published on the channel's topic and kept in history.
@@ -259,8 +282,14 @@ pub struct ChannelPost {
     pub timestamp: Timestamp,
     /// Lamport stamp of the event.
     pub clock: u64,
-    /// Event id.
+    /// Event id (`origin/seq`).
     pub id: Option<String>,
+    /// The request id of the write (`data.id` of the client's request), when it had one.
+    pub rid: Option<String>,
+    /// On a live publication: the sequence number of the previous event of the same origin
+    /// published on the same topic (0 when none), so a subscriber can tell it missed one.
+    /// `None` in history items and in publications of servers that do not send it.
+    pub prev: Option<u64>,
 }
 
 /// What arrives on a channel or user topic.
@@ -294,6 +323,52 @@ impl Publication {
         match self {
             Publication::Channel(p) => p.clock,
             Publication::Direct(p) => p.clock,
+        }
+    }
+
+    /// The event id as sent (`origin/seq`), if any.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Publication::Channel(p) => p.id.as_deref(),
+            Publication::Direct(p) => p.id.as_deref(),
+        }
+    }
+
+    /// The event id, when the publication carries one in the `origin/seq` form.
+    pub fn event_id(&self) -> Option<EventId> {
+        self.id().and_then(EventId::parse)
+    }
+
+    /// The position of this publication in history, when it carries an event id.
+    pub fn stamp(&self) -> Option<Stamp> {
+        self.event_id().map(|id| Stamp {
+            clock: self.clock(),
+            origin: id.origin,
+            seq: id.seq,
+        })
+    }
+
+    /// The request id of the write, if known.
+    pub fn rid(&self) -> Option<&str> {
+        match self {
+            Publication::Channel(p) => p.rid.as_deref(),
+            Publication::Direct(p) => p.rid.as_deref(),
+        }
+    }
+
+    /// The previous sequence number of the same origin on the same topic (live only).
+    pub fn prev(&self) -> Option<u64> {
+        match self {
+            Publication::Channel(p) => p.prev,
+            Publication::Direct(p) => p.prev,
+        }
+    }
+
+    /// Sets [`Publication::prev`].
+    pub fn set_prev(&mut self, prev: Option<u64>) {
+        match self {
+            Publication::Channel(p) => p.prev = prev,
+            Publication::Direct(p) => p.prev = prev,
         }
     }
 }

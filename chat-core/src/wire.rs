@@ -136,9 +136,10 @@ pub struct WireData {
 
 /// A publication payload on a channel or user topic (also a `history` item).
 ///
-/// Channel posts encode as `{"user", "message", "timestamp", "clock", "channel", "id"}`,
-/// private messages as `{"src", "message", "timestamp", "clock", "dst", "id"}`: the seed
-/// keys first, in the seed order, then ours.
+/// Channel posts encode as `{"user", "message", "timestamp", "clock", "channel", "id",
+/// "rid", "prev"}`, private messages as `{"src", "message", "timestamp", "clock", "dst",
+/// "id", "rid", "prev"}`: the seed keys first, in the seed order, then ours (`rid` and
+/// `prev` only when known; decoders accept publications without any of ours).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WirePublication {
@@ -169,6 +170,16 @@ pub struct WirePublication {
         skip_serializing_if = "Option::is_none"
     )]
     pub id: Option<String>,
+    /// Request id of the write (the client's `data.id`), when it had one.
+    #[serde(
+        deserialize_with = "opt_string_or_int",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rid: Option<String>,
+    /// Live publications: the previous sequence number of the same origin on this topic
+    /// (0 when none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prev: Option<u64>,
 }
 
 /// One live server as the reference lists it.
@@ -381,6 +392,8 @@ impl Publication {
                 clock: Some(p.clock),
                 channel: Some(p.channel.clone()),
                 id: p.id.clone(),
+                rid: p.rid.clone(),
+                prev: p.prev,
                 ..WirePublication::default()
             },
             Publication::Direct(p) => WirePublication {
@@ -390,6 +403,8 @@ impl Publication {
                 clock: Some(p.clock),
                 dst: Some(p.dst.clone()),
                 id: p.id.clone(),
+                rid: p.rid.clone(),
+                prev: p.prev,
                 ..WirePublication::default()
             },
         }
@@ -415,6 +430,8 @@ impl Publication {
                 timestamp,
                 clock,
                 id: w.id,
+                rid: w.rid,
+                prev: w.prev,
             }));
         }
         let user = w
@@ -431,6 +448,8 @@ impl Publication {
             timestamp,
             clock,
             id: w.id,
+            rid: w.rid,
+            prev: w.prev,
         }))
     }
 }
@@ -491,6 +510,60 @@ mod tests {
         for enc in [Encoding::MsgPack, Encoding::Json] {
             let bytes = e.encode(enc).unwrap();
             assert_eq!(Event::decode(&bytes).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn publications_carry_the_request_id_and_the_chain_only_when_known() {
+        let e = Event {
+            id: EventId {
+                origin: "server-1".into(),
+                seq: 7,
+            },
+            clock: 42,
+            timestamp: Timestamp(42_000),
+            request_id: Some("r1".into()),
+            kind: EventKind::DirectMessage {
+                src: "ana".into(),
+                dst: "bia".into(),
+                message: "oi".into(),
+            },
+        };
+        let mut p = e.publication().unwrap();
+        assert_eq!(p.rid(), Some("r1"));
+        assert_eq!(p.prev(), None);
+        assert_eq!(p.event_id(), Some(e.id.clone()));
+        assert_eq!(p.stamp(), Some(e.stamp()));
+        let w = p.to_wire();
+        assert_eq!((w.rid.as_deref(), w.prev), (Some("r1"), None));
+        p.set_prev(Some(3));
+        let back = Publication::from_wire(p.to_wire(), None).unwrap();
+        assert_eq!(back, p);
+        // An older server's publication: neither field.
+        let old = WirePublication {
+            rid: None,
+            prev: None,
+            ..p.to_wire()
+        };
+        let back = Publication::from_wire(old, None).unwrap();
+        assert_eq!((back.rid(), back.prev()), (None, None));
+    }
+
+    #[test]
+    fn event_ids_parse_from_their_text_form() {
+        let id = EventId::parse("server/a/12").unwrap();
+        assert_eq!((id.origin.as_str(), id.seq), ("server/a", 12));
+        assert_eq!(id.to_string(), "server/a/12");
+        for bad in [
+            "",
+            "server-1",
+            "server-1/",
+            "/3",
+            "server-1/0",
+            "server-1/x",
+            "7",
+        ] {
+            assert_eq!(EventId::parse(bad), None, "{bad}");
         }
     }
 }

@@ -144,6 +144,8 @@ fn channel_post(user: &str, message: &str, clock: u64, id: Option<&str>) -> Chan
         timestamp: TS2,
         clock,
         id: id.map(str::to_string),
+        rid: None,
+        prev: None,
     }
 }
 
@@ -258,6 +260,35 @@ fn encode_table() -> Vec<(&'static str, Typed)> {
                     timestamp: TS2,
                     clock: 21,
                     id: Some("server-1/8".into()),
+                    rid: None,
+                    prev: None,
+                }),
+                "user2",
+            ),
+        ),
+        (
+            "channel_publication_live",
+            Typed::Pub(
+                Publication::Channel(ChannelPost {
+                    rid: Some("9f86d081884c7d659a2feaa0c55ad015".into()),
+                    prev: Some(4),
+                    ..channel_post("user1", "Olá!", 19, Some("server-1/7"))
+                }),
+                "geral",
+            ),
+        ),
+        (
+            "user_publication_live",
+            Typed::Pub(
+                Publication::Direct(DirectPost {
+                    src: "user1".into(),
+                    dst: "user2".into(),
+                    message: "Oi!".into(),
+                    timestamp: TS2,
+                    clock: 21,
+                    id: Some("server-1/8".into()),
+                    rid: Some("r-8".into()),
+                    prev: Some(0),
                 }),
                 "user2",
             ),
@@ -440,6 +471,8 @@ fn decode_table() -> Vec<(&'static str, Typed)> {
                     timestamp: TS2,
                     clock: 21,
                     id: None,
+                    rid: None,
+                    prev: None,
                 }),
                 "user2",
             ),

@@ -185,15 +185,19 @@ fn channel_post() -> impl Strategy<Value = ChannelPost> {
         timestamp(),
         clock(),
         option::of(text()),
+        option::of(text()),
+        option::of(any::<u64>()),
     )
         .prop_map(
-            |(channel, user, message, timestamp, clock, id)| ChannelPost {
+            |(channel, user, message, timestamp, clock, id, rid, prev)| ChannelPost {
                 channel,
                 user,
                 message,
                 timestamp,
                 clock,
                 id,
+                rid,
+                prev,
             },
         )
 }
@@ -206,15 +210,21 @@ fn direct_post() -> impl Strategy<Value = DirectPost> {
         timestamp(),
         clock(),
         option::of(text()),
+        option::of(text()),
+        option::of(any::<u64>()),
     )
-        .prop_map(|(src, dst, message, timestamp, clock, id)| DirectPost {
-            src,
-            dst,
-            message,
-            timestamp,
-            clock,
-            id,
-        })
+        .prop_map(
+            |(src, dst, message, timestamp, clock, id, rid, prev)| DirectPost {
+                src,
+                dst,
+                message,
+                timestamp,
+                clock,
+                id,
+                rid,
+                prev,
+            },
+        )
 }
 
 fn publication() -> impl Strategy<Value = Publication> {

@@ -587,6 +587,8 @@ mod tests {
                 timestamp: Timestamp::from_millis(0),
                 clock: 1,
                 id: None,
+                rid: None,
+                prev: None,
             })
         };
         let direct = |dst: &str| {
@@ -597,6 +599,8 @@ mod tests {
                 timestamp: Timestamp::from_millis(0),
                 clock: 1,
                 id: None,
+                rid: None,
+                prev: None,
             })
         };
         assert!(s.filter(&post("geral")).is_some());

@@ -395,6 +395,8 @@ impl Session<'_> {
                         timestamp: now(),
                         clock: self.client.clock(),
                         id: None,
+                        rid: None,
+                        prev: None,
                     };
                     out!("{}", render_direct(&echo, &self.opts));
                 }

@@ -15,8 +15,9 @@ concrete values, written in the exact key order our encoder writes (chat-core/sr
 * request/reply `data`: status, election, user, channel, src, dst, message, users,
   channels, messages, next, before, limit, rank, endpoint, list, coordinator, term, server,
   time, adjust_ms, description, code, id, timestamp, clock;
-* publications: user, src, message, timestamp, clock, channel, dst, id (the seed dict,
-  then our extra keys `channel`/`dst` and `id`);
+* publications: user, src, message, timestamp, clock, channel, dst, id, rid, prev (the
+  seed dict, then our extra keys `channel`/`dst`, `id`, and on live publications `rid` and
+  `prev`);
 * replication event: {operation, data: {user, channel, src, dst, message, timestamp, id},
   server, clock, seq} (the seed dict plus our `seq`).
 
@@ -75,6 +76,25 @@ ENCODE = [
     (
         "user_publication",
         {"src": "user1", "message": "Oi!", "timestamp": TS2, "clock": 21, "dst": "user2", "id": "server-1/8"},
+    ),
+    # live publications with the request id of the write and the previous sequence number
+    # of the same origin on the topic (what subscribers use to drop repeats and find gaps)
+    (
+        "channel_publication_live",
+        {
+            "user": "user1",
+            "message": "Olá!",
+            "timestamp": TS2,
+            "clock": 19,
+            "channel": "geral",
+            "id": "server-1/7",
+            "rid": "9f86d081884c7d659a2feaa0c55ad015",
+            "prev": 4,
+        },
+    ),
+    (
+        "user_publication_live",
+        {"src": "user1", "message": "Oi!", "timestamp": TS2, "clock": 21, "dst": "user2", "id": "server-1/8", "rid": "r-8", "prev": 0},
     ),
     # seed 000 replication events, plus our `seq` (and the client's request id when given)
     (
