@@ -432,6 +432,10 @@ pub struct ServerCore {
     broker: BrokerLink,
     /// A store read failed: the driver stops the server.
     failure: Option<StoreError>,
+    // ----- live publications -----
+    /// Per topic, the sequence number of the last own event published there (the `prev`
+    /// of the next publication on it; see `docs/replication.md`, "Live delivery").
+    published: BTreeMap<String, u64>,
 }
 
 impl std::fmt::Debug for ServerCore {
@@ -466,6 +470,7 @@ impl ServerCore {
         );
         let own = node.own_max_seq();
         let durable_vector = vector_of(&node);
+        let published = last_published(&cfg.name, &node, &recovered.events);
         let with_reference = cfg.reference.is_some();
         ServerCore {
             peer_endpoint,
@@ -514,6 +519,7 @@ impl ServerCore {
                 fence_logged: false,
             },
             failure: None,
+            published,
             node,
             cfg,
         }
@@ -1171,11 +1177,16 @@ impl ServerCore {
         self.repl.committed(batch.own_max);
         self.durable_vector = batch.vector;
         for event in &batch.local {
-            if let Some(p) = event.publication() {
+            if let Some(mut p) = event.publication() {
                 // Never publish a copy that is known to lose to an earlier copy of the
                 // same request (a retry accepted twice): subscribers get the winner from
                 // the server that accepted it.
                 if self.is_visible(event) {
+                    // Chain the publications of this server on each topic, so that a
+                    // subscriber that missed one knows it (`prev` beyond what it saw).
+                    let last = self.published.entry(p.topic().to_string()).or_insert(0);
+                    p.set_prev(Some(*last));
+                    *last = (*last).max(event.id.seq);
                     match encode_publication(&p, self.cfg.encoding) {
                         Ok(payload) => self.out.push_back(Transmit::Publish {
                             topic: p.topic().to_string(),
@@ -1725,6 +1736,24 @@ impl ServerCore {
 }
 
 /// Per origin, the sequence number through which `node` holds every event.
+/// Per topic, the last own event that was (or should have been) published there, from the
+/// recovered events: an event committed but not published before a crash is then the
+/// `prev` of the next publication, and subscribers see the gap and repair it.
+fn last_published(name: &str, node: &Node, events: &[Event]) -> BTreeMap<String, u64> {
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.id.origin == name) {
+        let visible = e
+            .request_id
+            .as_deref()
+            .is_none_or(|rid| node.state().event_for_request(rid) == Some(&e.id));
+        if let Some(p) = e.publication().filter(|_| visible) {
+            let last = out.entry(p.topic().to_string()).or_insert(0);
+            *last = (*last).max(e.id.seq);
+        }
+    }
+    out
+}
+
 fn vector_of(node: &Node) -> BTreeMap<String, u64> {
     node.state()
         .applied()
