@@ -10,6 +10,8 @@
 //! # Layout
 //! - [`backend`]: the frame protocol between the broker and servers
 //!   (READY/HB/REQ/REP/BYE, the lease stamp and its echo), with builders and parsers.
+//! - [`delivery`]: [`delivery::Delivery`], a subscriber's live delivery (drops repeats,
+//!   notices gaps from the publication chain, repairs them from `history`); the SDK runs it.
 //! - [`broker`]: [`broker::BrokerCore`], the request broker's state (credits, round robin,
 //!   session affinity, heartbeats, re-dispatch, deadlines) and its invariants.
 //! - [`reference`](mod@reference): [`reference::ReferenceCore`], the reference service's
@@ -23,5 +25,6 @@
 
 pub mod backend;
 pub mod broker;
+pub mod delivery;
 pub mod reference;
 pub mod server;
