@@ -500,6 +500,7 @@ pub fn run_bot(cfg: &BotConfig, shutdown: &Shutdown) -> anyhow::Result<BotStats>
             timeout: cfg.timeout,
             attempts: cfg.attempts.max(1),
             encoding: cfg.encoding,
+            ..ClientConfig::default()
         })
         .context("cannot open the client sockets")?,
     );

@@ -10,9 +10,18 @@
 //! frame exactly and delivers only what was asked for, as [`ClientEvent`]s over a
 //! `crossbeam-channel`. Every reply and publication advances the client's Lamport clock.
 //!
+//! Live delivery is exactly once and gap-free on each subscribed channel or user topic: the
+//! thread runs [`chat_node::delivery::Delivery`], which drops repeats (same event id, or
+//! another copy of the same request) and repairs what pub/sub lost from `history` (gaps
+//! revealed by the publications' `prev`, a reconnection of the SUB socket seen by a socket
+//! monitor, and a periodic check for lost tails). The history reads go through the broker
+//! on the thread's own Lazy Pirate REQ socket, never the application's. See
+//! `docs/replication.md`, "Live delivery"; [`Client::delivery_stats`] tells what it did.
+//!
 //! [`Subscriber`] is the same without the thread, for consumers that want to read events
 //! on their own thread (one wake-up per event instead of two: no hand-over through a
-//! channel).
+//! channel). [`Subscriber::connect`] drops repeats only; [`Subscriber::connect_with_repair`]
+//! also repairs, reading history through the broker.
 //!
 //! ```no_run
 //! use chat_net::client::{Client, ClientConfig};
@@ -24,10 +33,10 @@
 //! # Ok::<(), chat_net::client::ClientError>(())
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chat_core::protocol::{
     decode_announcement, decode_publication, decode_reply, encode_request, HistoryPage,
@@ -37,8 +46,11 @@ use chat_core::{
     LamportClock, Meta, Publication, Reply, ReplyEnvelope, Request, RequestEnvelope, ServerStatus,
     Timestamp, TOPIC_SERVERS,
 };
+use chat_node::delivery::{Delivery, Fetch};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
+
+pub use chat_node::delivery::{DeliveryConfig, DeliveryStats};
 
 use crate::sockets;
 
@@ -55,6 +67,9 @@ pub struct ClientConfig {
     pub attempts: u32,
     /// Encoding of requests.
     pub encoding: Encoding,
+    /// Live delivery: repeats dropped, gaps repaired from history (see
+    /// [`chat_node::delivery`]); history reads use `broker`, `timeout` and `attempts`.
+    pub delivery: DeliveryConfig,
 }
 
 impl Default for ClientConfig {
@@ -65,6 +80,7 @@ impl Default for ClientConfig {
             timeout: Duration::from_secs(3),
             attempts: 3,
             encoding: Encoding::MsgPack,
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -137,6 +153,7 @@ struct ReqConn {
 struct SubHandle {
     control: Mutex<zmq::Socket>,
     thread: Option<JoinHandle<()>>,
+    stats: Arc<Mutex<DeliveryStats>>,
 }
 
 /// A connection to a chat cluster. `Send + Sync`: share it with `Arc`.
@@ -171,7 +188,7 @@ impl Client {
         let ctx = zmq::Context::new();
         let clock = Arc::new(Mutex::new(LamportClock::new()));
         let (tx, rx) = crossbeam_channel::bounded(EVENT_QUEUE);
-        let sub = start_subscriber(&ctx, &cfg.sub, tx, clock.clone())?;
+        let sub = start_subscriber(&ctx, &cfg, tx, clock.clone())?;
         Ok(Client {
             ctx,
             cfg,
@@ -195,6 +212,11 @@ impl Client {
     /// Events from subscribed topics.
     pub fn events(&self) -> &Receiver<ClientEvent> {
         &self.events
+    }
+
+    /// What live delivery did so far: deliveries, repeats dropped, gaps repaired.
+    pub fn delivery_stats(&self) -> DeliveryStats {
+        *self.sub.stats.lock()
     }
 
     /// Receives interest in `topic` (a channel, a user name, or `servers`), matched exactly.
@@ -382,14 +404,15 @@ impl Drop for Client {
 
 fn start_subscriber(
     ctx: &zmq::Context,
-    endpoint: &str,
+    cfg: &ClientConfig,
     tx: Sender<ClientEvent>,
     clock: Arc<Mutex<LamportClock>>,
 ) -> Result<SubHandle, ClientError> {
     let addr = format!("inproc://chat-client-sub-{:x}", rand::random::<u64>());
     let control = sockets::socket(ctx, zmq::PAIR, sockets::REQUEST_HWM)?;
     control.bind(&addr)?;
-    let sub = Subscriber::on(ctx, endpoint, clock)?;
+    let sub = Subscriber::on(ctx, cfg, clock)?;
+    let stats = sub.stats.clone();
     let peer = sockets::socket(ctx, zmq::PAIR, sockets::REQUEST_HWM)?;
     peer.connect(&addr)?;
     let thread = std::thread::Builder::new()
@@ -399,22 +422,20 @@ fn start_subscriber(
     Ok(SubHandle {
         control: Mutex::new(control),
         thread: Some(thread),
+        stats,
     })
 }
 
 /// The [`Client`]'s subscriber thread: topic changes from `control`, events to `tx`.
 fn subscriber_loop(mut sub: Subscriber, control: zmq::Socket, tx: Sender<ClientEvent>) {
     loop {
-        let mut items = [
-            sub.socket.as_poll_item(zmq::POLLIN),
-            control.as_poll_item(zmq::POLLIN),
-        ];
-        match zmq::poll(&mut items, 1000) {
-            Ok(_) => {}
-            Err(zmq::Error::EINTR) => continue,
+        let from_client = match sub.step(Some(&control), Duration::from_secs(1)) {
+            Ok(readable) => readable,
             Err(_) => return,
+        };
+        while let Some(event) = sub.ready.pop_front() {
+            let _ = tx.try_send(event);
         }
-        let (from_proxy, from_client) = (items[0].is_readable(), items[1].is_readable());
         if from_client {
             let Ok(msg) = control.recv_bytes(0) else {
                 return;
@@ -432,18 +453,6 @@ fn subscriber_loop(mut sub: Subscriber, control: zmq::Socket, tx: Sender<ClientE
                 return;
             }
         }
-        if from_proxy {
-            // Drain what is there without blocking.
-            for _ in 0..DRAIN_MAX {
-                match sub.try_next() {
-                    Ok(Some(event)) => {
-                        let _ = tx.try_send(event);
-                    }
-                    Ok(None) => break,
-                    Err(_) => return,
-                }
-            }
-        }
     }
 }
 
@@ -453,16 +462,58 @@ pub struct Subscriber {
     socket: zmq::Socket,
     topics: HashSet<Vec<u8>>,
     clock: Arc<Mutex<LamportClock>>,
-    // Declared last: the socket closes before its context.
+    delivery: Delivery,
+    /// Events ready for the caller, in order.
+    ready: VecDeque<ClientEvent>,
+    stats: Arc<Mutex<DeliveryStats>>,
+    /// History reads and the SUB socket's monitor, when repair is on.
+    repair: Option<Repair>,
+    // Declared last: the sockets close before their context.
     _ctx: zmq::Context,
+}
+
+/// What a repairing subscriber needs besides its SUB socket.
+struct Repair {
+    fetcher: Fetcher,
+    /// Receives the SUB socket's connection events (ZeroMQ socket monitor).
+    monitor: zmq::Socket,
+    /// The SUB socket was connected once: the next connection is a reconnection.
+    connected_once: bool,
 }
 
 impl Subscriber {
     /// Connects to the proxy's XPUB endpoint (lazily, as ZeroMQ does; nothing blocks).
+    /// Repeats are dropped; gaps are not repaired (there is no broker to read history
+    /// from): see [`Subscriber::connect_with_repair`].
     pub fn connect(endpoint: &str) -> Result<Subscriber, ClientError> {
+        let cfg = ClientConfig {
+            sub: endpoint.to_string(),
+            delivery: DeliveryConfig::dedup_only(),
+            ..ClientConfig::default()
+        };
         Self::on(
             &zmq::Context::new(),
-            endpoint,
+            &cfg,
+            Arc::new(Mutex::new(LamportClock::new())),
+        )
+    }
+
+    /// Connects to the proxy's XPUB endpoint `sub`, and repairs what pub/sub loses with
+    /// `history` reads through the broker frontend `broker` (exactly-once, gap-free).
+    pub fn connect_with_repair(sub: &str, broker: &str) -> Result<Subscriber, ClientError> {
+        Self::with_config(&ClientConfig {
+            sub: sub.to_string(),
+            broker: broker.to_string(),
+            ..ClientConfig::default()
+        })
+    }
+
+    /// A subscriber for `cfg`: `cfg.sub`, and with `cfg.delivery.repair`, history reads
+    /// through `cfg.broker` (with `cfg.timeout`, `cfg.attempts` and `cfg.encoding`).
+    pub fn with_config(cfg: &ClientConfig) -> Result<Subscriber, ClientError> {
+        Self::on(
+            &zmq::Context::new(),
+            cfg,
             Arc::new(Mutex::new(LamportClock::new())),
         )
     }
@@ -470,16 +521,37 @@ impl Subscriber {
     /// A subscriber in `ctx` whose events advance `clock`.
     fn on(
         ctx: &zmq::Context,
-        endpoint: &str,
+        cfg: &ClientConfig,
         clock: Arc<Mutex<LamportClock>>,
     ) -> Result<Subscriber, ClientError> {
         let socket = sockets::socket(ctx, zmq::SUB, sockets::PUB_HWM)?;
         socket.set_maxmsgsize(sockets::MAX_MSG_SIZE)?;
-        socket.connect(endpoint)?;
+        let repair = if cfg.delivery.repair {
+            // Watch the connection to the proxy: what was published while it was down is
+            // lost, and a reconnection asks for a history check.
+            let addr = format!("inproc://chat-sub-monitor-{:x}", rand::random::<u64>());
+            let events =
+                zmq::SocketEvent::CONNECTED.to_raw() | zmq::SocketEvent::DISCONNECTED.to_raw();
+            socket.monitor(&addr, i32::from(events))?;
+            let monitor = sockets::socket(ctx, zmq::PAIR, sockets::REQUEST_HWM)?;
+            monitor.connect(&addr)?;
+            Some(Repair {
+                fetcher: Fetcher::new(ctx, cfg),
+                monitor,
+                connected_once: false,
+            })
+        } else {
+            None
+        };
+        socket.connect(&cfg.sub)?;
         Ok(Subscriber {
             socket,
             topics: HashSet::new(),
             clock,
+            delivery: Delivery::new(cfg.delivery.clone()),
+            ready: VecDeque::new(),
+            stats: Arc::new(Mutex::new(DeliveryStats::default())),
+            repair,
             _ctx: ctx.clone(),
         })
     }
@@ -488,6 +560,7 @@ impl Subscriber {
     pub fn subscribe(&mut self, topic: &str) -> Result<(), ClientError> {
         if self.topics.insert(topic.as_bytes().to_vec()) {
             self.socket.set_subscribe(topic.as_bytes())?;
+            self.delivery.subscribe(Instant::now(), topic);
         }
         Ok(())
     }
@@ -496,6 +569,7 @@ impl Subscriber {
     pub fn unsubscribe(&mut self, topic: &str) -> Result<(), ClientError> {
         if self.topics.remove(topic.as_bytes()) {
             self.socket.set_unsubscribe(topic.as_bytes())?;
+            self.delivery.unsubscribe(topic);
         }
         Ok(())
     }
@@ -505,33 +579,140 @@ impl Subscriber {
         self.clock.lock().value()
     }
 
+    /// What live delivery did so far: deliveries, repeats dropped, gaps repaired.
+    pub fn delivery_stats(&self) -> DeliveryStats {
+        self.delivery.stats()
+    }
+
+    /// Whether every subscribed topic has read its history baseline and no noticed gap
+    /// waits for its repair (lost tails are found by the periodic check only).
+    pub fn is_settled(&self) -> bool {
+        self.delivery.is_settled()
+    }
+
     /// The next event on a subscribed topic, waiting up to `timeout`; `None` if none came.
     pub fn recv(&mut self, timeout: Duration) -> Result<Option<ClientEvent>, ClientError> {
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         loop {
-            if let Some(event) = self.try_next()? {
+            if let Some(event) = self.ready.pop_front() {
                 return Ok(Some(event));
             }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.step(None, left)?;
             if left.is_zero() {
-                return Ok(None);
-            }
-            // Round up so a sub-millisecond remainder still waits instead of spinning.
-            let ms = i64::try_from(left.as_millis() + 1).unwrap_or(i64::MAX);
-            match self.socket.poll(zmq::POLLIN, ms) {
-                Ok(_) | Err(zmq::Error::EINTR) => {}
-                Err(e) => return Err(e.into()),
+                return Ok(self.ready.pop_front());
             }
         }
     }
 
-    /// The next event already received, without waiting (`None` also after
-    /// [`DRAIN_MAX`] frames of other topics, so a flood cannot hold the caller here).
-    fn try_next(&mut self) -> Result<Option<ClientEvent>, ClientError> {
+    /// One turn: waits up to `timeout` (less when something is due) for the SUB socket,
+    /// the history reads, the monitor, or `extra`; handles what came; returns whether
+    /// `extra` is readable (the caller reads it). Events go to `self.ready`.
+    fn step(
+        &mut self,
+        extra: Option<&zmq::Socket>,
+        timeout: Duration,
+    ) -> Result<bool, ClientError> {
+        self.service(Instant::now());
+        let now = Instant::now();
+        let mut wait = if self.ready.is_empty() {
+            timeout
+        } else {
+            Duration::ZERO
+        };
+        let due = [
+            self.delivery.poll_timeout(),
+            self.repair.as_ref().and_then(|r| r.fetcher.deadline()),
+        ];
+        for at in due.into_iter().flatten() {
+            wait = wait.min(at.saturating_duration_since(now));
+        }
+        let (sub, ext, mon, req) = {
+            let mut items = vec![self.socket.as_poll_item(zmq::POLLIN)];
+            let ext = extra.map(|e| {
+                items.push(e.as_poll_item(zmq::POLLIN));
+                items.len() - 1
+            });
+            let (mon, req) = match &self.repair {
+                Some(r) => {
+                    items.push(r.monitor.as_poll_item(zmq::POLLIN));
+                    let mon = Some(items.len() - 1);
+                    let req = r.fetcher.socket().map(|s| {
+                        items.push(s.as_poll_item(zmq::POLLIN));
+                        items.len() - 1
+                    });
+                    (mon, req)
+                }
+                None => (None, None),
+            };
+            // Round up so a sub-millisecond remainder still waits instead of spinning.
+            let ms = if wait.is_zero() {
+                0
+            } else {
+                i64::try_from(wait.as_millis() + 1).unwrap_or(i64::MAX)
+            };
+            match zmq::poll(&mut items, ms) {
+                Ok(_) | Err(zmq::Error::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let readable = |i: Option<usize>| i.is_some_and(|i| items[i].is_readable());
+            (
+                readable(Some(0)),
+                readable(ext),
+                readable(mon),
+                readable(req),
+            )
+        };
+        if mon {
+            self.read_monitor();
+        }
+        if req {
+            self.read_history();
+        }
+        if sub {
+            self.read_sub()?;
+        }
+        self.service(Instant::now());
+        Ok(ext)
+    }
+
+    /// Timers and history reads: what is due now, and the next read to send.
+    fn service(&mut self, now: Instant) {
+        self.delivery.handle_timeout(now);
+        if let Some(r) = self.repair.as_mut() {
+            if let Some((id, result)) = r.fetcher.handle_timeout(now) {
+                self.delivery.handle_history(now, id, result);
+            }
+            if r.fetcher.is_idle() {
+                if let Some(fetch) = self.delivery.poll_fetch(now) {
+                    if let Err(result) = r.fetcher.send(now, &fetch, &self.clock) {
+                        self.delivery.handle_history(now, fetch.id, Err(result));
+                    }
+                }
+            }
+        }
+        self.pump();
+    }
+
+    /// Moves what delivery released into `ready`.
+    fn pump(&mut self) {
+        while let Some(p) = self.delivery.poll_delivery() {
+            self.clock.lock().observe(p.clock());
+            self.ready.push_back(match p {
+                Publication::Channel(p) => ClientEvent::Post(p),
+                Publication::Direct(p) => ClientEvent::Direct(p),
+            });
+        }
+        *self.stats.lock() = self.delivery.stats();
+    }
+
+    /// Reads what the proxy sent (at most [`DRAIN_MAX`] frames, so a flood cannot hold the
+    /// caller here).
+    fn read_sub(&mut self) -> Result<(), ClientError> {
         for _ in 0..DRAIN_MAX {
             let parts = match self.socket.recv_multipart(zmq::DONTWAIT) {
                 Ok(parts) => parts,
-                Err(zmq::Error::EAGAIN) => return Ok(None),
+                Err(zmq::Error::EAGAIN) => break,
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             };
@@ -540,43 +721,238 @@ impl Subscriber {
                 continue; // prefix match of another topic: not ours
             }
             let payload = parts.get(1).map(Vec::as_slice).unwrap_or(&[]);
-            if let Some(event) = to_event(topic, payload, &self.clock) {
-                return Ok(Some(event));
+            match decode_frame(topic, payload, &self.clock) {
+                Frame::Publication(topic, p) => {
+                    self.delivery.handle_publication(Instant::now(), &topic, p);
+                    self.pump();
+                }
+                Frame::Event(event) => self.ready.push_back(event),
             }
         }
-        Ok(None)
+        Ok(())
+    }
+
+    /// Connection events of the SUB socket: a connection after the first is a
+    /// reconnection (what was published meanwhile is lost).
+    fn read_monitor(&mut self) {
+        let Some(r) = self.repair.as_mut() else {
+            return;
+        };
+        while let Ok(frames) = r.monitor.recv_multipart(zmq::DONTWAIT) {
+            let Some(event) = frames
+                .first()
+                .and_then(|f| f.get(..2))
+                .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+            else {
+                continue;
+            };
+            if event == zmq::SocketEvent::CONNECTED.to_raw() {
+                if r.connected_once {
+                    self.delivery.handle_reconnect(Instant::now());
+                }
+                r.connected_once = true;
+            }
+        }
+    }
+
+    /// The answer to the history read in flight.
+    fn read_history(&mut self) {
+        let Some(r) = self.repair.as_mut() else {
+            return;
+        };
+        if let Some((id, result)) = r.fetcher.read(&self.clock) {
+            self.delivery.handle_history(Instant::now(), id, result);
+            self.pump();
+        }
     }
 }
 
 /// Most frames [`Subscriber`] reads in one go.
 const DRAIN_MAX: usize = 1024;
 
-fn to_event(topic: &[u8], payload: &[u8], clock: &Mutex<LamportClock>) -> Option<ClientEvent> {
+/// A frame on a subscribed topic, decoded.
+enum Frame {
+    /// A post or private message (it goes through live delivery).
+    Publication(String, Publication),
+    /// Anything else: an announcement, or something that could not be read.
+    Event(ClientEvent),
+}
+
+fn decode_frame(topic: &[u8], payload: &[u8], clock: &Mutex<LamportClock>) -> Frame {
     let Ok(topic) = std::str::from_utf8(topic) else {
-        return Some(ClientEvent::Malformed {
+        return Frame::Event(ClientEvent::Malformed {
             topic: String::from_utf8_lossy(topic).into_owned(),
             error: "topic is not UTF-8".into(),
         });
     };
-    let result = if topic == TOPIC_SERVERS {
-        decode_announcement(payload).map(|(a, meta)| (ClientEvent::Coordinator(a), meta.clock))
-    } else {
-        decode_publication(topic, payload).map(|p| {
-            let c = p.clock();
-            match p {
-                Publication::Channel(p) => (ClientEvent::Post(p), c),
-                Publication::Direct(p) => (ClientEvent::Direct(p), c),
+    if topic == TOPIC_SERVERS {
+        return match decode_announcement(payload) {
+            Ok((a, meta)) => {
+                clock.lock().observe(meta.clock);
+                Frame::Event(ClientEvent::Coordinator(a))
             }
-        })
-    };
-    match result {
-        Ok((event, stamp)) => {
-            clock.lock().observe(stamp);
-            Some(event)
-        }
-        Err(e) => Some(ClientEvent::Malformed {
+            Err(e) => Frame::Event(ClientEvent::Malformed {
+                topic: topic.to_string(),
+                error: e.to_string(),
+            }),
+        };
+    }
+    match decode_publication(topic, payload) {
+        // The clock is observed when the publication is delivered.
+        Ok(p) => Frame::Publication(topic.to_string(), p),
+        Err(e) => Frame::Event(ClientEvent::Malformed {
             topic: topic.to_string(),
             error: e.to_string(),
         }),
+    }
+}
+
+/// `history` reads through the broker on a REQ socket of their own, without blocking
+/// (Lazy Pirate: on silence, close, reopen, send again; give up after `attempts`).
+struct Fetcher {
+    ctx: zmq::Context,
+    broker: String,
+    timeout: Duration,
+    attempts: u32,
+    encoding: Encoding,
+    socket: Option<zmq::Socket>,
+    inflight: Option<InFlight>,
+}
+
+struct InFlight {
+    id: u64,
+    bytes: Vec<u8>,
+    deadline: Instant,
+    tries: u32,
+}
+
+impl Fetcher {
+    fn new(ctx: &zmq::Context, cfg: &ClientConfig) -> Fetcher {
+        Fetcher {
+            ctx: ctx.clone(),
+            broker: cfg.broker.clone(),
+            timeout: cfg.timeout,
+            attempts: cfg.attempts.max(1),
+            encoding: cfg.encoding,
+            socket: None,
+            inflight: None,
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.inflight.is_none()
+    }
+
+    /// The socket to wait on while a read is in flight.
+    fn socket(&self) -> Option<&zmq::Socket> {
+        self.inflight.as_ref().and(self.socket.as_ref())
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.inflight.as_ref().map(|f| f.deadline)
+    }
+
+    /// Sends `fetch`; on failure, the error code to answer it with.
+    fn send(
+        &mut self,
+        now: Instant,
+        fetch: &Fetch,
+        clock: &Mutex<LamportClock>,
+    ) -> Result<(), ErrorCode> {
+        let env = RequestEnvelope {
+            request: Request::History {
+                target: fetch.target.clone(),
+                before: fetch.before.clone(),
+                limit: fetch.limit,
+            },
+            meta: Meta {
+                clock: clock.lock().tick(),
+                timestamp: Some(self::now()),
+                id: None,
+            },
+        };
+        let bytes = encode_request(&env, self.encoding).map_err(|_| ErrorCode::BadRequest)?;
+        self.inflight = Some(InFlight {
+            id: fetch.id,
+            bytes,
+            deadline: now,
+            tries: 0,
+        });
+        self.transmit(now)
+    }
+
+    /// (Re)sends the read in flight on a working socket.
+    fn transmit(&mut self, now: Instant) -> Result<(), ErrorCode> {
+        let Some(f) = self.inflight.as_mut() else {
+            return Ok(());
+        };
+        f.tries += 1;
+        f.deadline = now + self.timeout;
+        let sent = (|| -> zmq::Result<()> {
+            if self.socket.is_none() {
+                let s = sockets::socket(&self.ctx, zmq::REQ, sockets::REQUEST_HWM)?;
+                s.connect(&self.broker)?;
+                self.socket = Some(s);
+            }
+            match &self.socket {
+                Some(s) => s.send(&f.bytes[..], zmq::DONTWAIT),
+                None => Err(zmq::Error::EFAULT),
+            }
+        })();
+        if sent.is_err() {
+            self.socket = None;
+            self.inflight = None;
+            return Err(ErrorCode::Unavailable);
+        }
+        Ok(())
+    }
+
+    /// A read that got no answer in time: send it again on a new socket, or give up.
+    fn handle_timeout(&mut self, now: Instant) -> Option<(u64, Result<HistoryPage, ErrorCode>)> {
+        let f = self.inflight.as_ref()?;
+        if now < f.deadline {
+            return None;
+        }
+        let id = f.id;
+        // This REQ socket waits for a reply that may never come: replace it.
+        self.socket = None;
+        if f.tries >= self.attempts {
+            self.inflight = None;
+            return Some((id, Err(ErrorCode::Timeout)));
+        }
+        match self.transmit(now) {
+            Ok(()) => None,
+            Err(code) => Some((id, Err(code))),
+        }
+    }
+
+    /// Reads the reply to the read in flight, if it is there.
+    fn read(
+        &mut self,
+        clock: &Mutex<LamportClock>,
+    ) -> Option<(u64, Result<HistoryPage, ErrorCode>)> {
+        let socket = self.socket.as_ref()?;
+        let reply = match socket.recv_bytes(zmq::DONTWAIT) {
+            Ok(r) => r,
+            Err(zmq::Error::EAGAIN) => return None,
+            Err(_) => {
+                self.socket = None;
+                let f = self.inflight.take()?;
+                return Some((f.id, Err(ErrorCode::Unavailable)));
+            }
+        };
+        let f = self.inflight.take()?;
+        let result = match decode_reply(&reply) {
+            Ok((env, _)) => {
+                clock.lock().observe(env.meta.clock);
+                match env.reply {
+                    Reply::History(page) => Ok(page),
+                    Reply::Error(e) => Err(e.code),
+                    _ => Err(ErrorCode::BadRequest),
+                }
+            }
+            Err(_) => Err(ErrorCode::BadRequest),
+        };
+        Some((f.id, result))
     }
 }

@@ -145,6 +145,7 @@ impl ClientCli {
             } else {
                 Encoding::MsgPack
             },
+            ..ClientConfig::default()
         }
     }
 }
