@@ -153,6 +153,8 @@ pub struct DeliveryStats {
     pub unresolved: u64,
     /// History checks started (baselines included).
     pub checks: u64,
+    /// Baselines read (one per subscription, once history answered).
+    pub baselines: u64,
     /// History pages asked.
     pub pages: u64,
     /// History reads that failed or timed out (each is tried again).
@@ -582,6 +584,7 @@ impl Delivery {
                 t.raise_floor(n);
             }
             t.baselined = true;
+            self.stats.baselines += 1;
             t.next_check = now + self.cfg.check_interval;
             self.finish(now, s, true);
             return;

@@ -79,6 +79,18 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Sends `signal` to the process (by its PID).
+    pub fn signal(&self, signal: Signal) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Sends SIGTERM and waits up to `within` for a clean exit; returns whether it exited.
     pub fn terminate(&mut self, within: Duration) -> bool {
         if let Ok(pid) = i32::try_from(self.child.id()) {
@@ -174,6 +186,35 @@ impl ProcCluster {
             c.start_server(&format!("server-{i}"));
         }
         c
+    }
+
+    /// Kills the proxy with SIGKILL and starts it again on the same endpoints (retrying
+    /// while the ports are not free yet).
+    pub fn restart_proxy(&mut self) {
+        self.proxy.kill9();
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let mut proxy = Proc::start(
+                "proxy",
+                env!("CARGO_BIN_EXE_chat-proxy"),
+                &["--xsub", &self.xsub, "--xpub", &self.xpub],
+            );
+            let up = wait_for(Duration::from_secs(2), || {
+                if let Ok(line) = proxy.lines.try_recv() {
+                    return line.contains(" listening ").then_some(true);
+                }
+                proxy.exited().then_some(false)
+            });
+            if up == Some(true) {
+                self.proxy = proxy;
+                return;
+            }
+            proxy.kill9();
+            assert!(
+                Instant::now() < end,
+                "the proxy could not bind its ports again"
+            );
+        }
     }
 
     /// The data directory of server `name`.
