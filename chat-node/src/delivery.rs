@@ -50,6 +50,9 @@ pub const DEFAULT_WINDOW: usize = 10_000;
 pub const DEFAULT_PAGE_LIMIT: u32 = 500;
 /// Most pages one check reads back.
 pub const DEFAULT_MAX_PAGES: u32 = 40;
+/// Items asked in the first page of a check (a quiet topic needs no more; a busy one pages
+/// on with [`DeliveryConfig::page_limit`]).
+pub const FIRST_PAGE_LIMIT: u32 = 64;
 /// Most gaps waiting for their repair per topic (the oldest is given up beyond).
 pub const MAX_WANTED: usize = 1024;
 /// Most origins tracked per topic (the one heard of longest ago is forgotten beyond).
@@ -677,12 +680,17 @@ impl Delivery {
             Kind::User => HistoryTarget::User(s.topic.clone()),
             _ => HistoryTarget::Channel(s.topic.clone()),
         };
+        let limit = if s.pages == 0 && !s.baseline {
+            self.cfg.page_limit.min(FIRST_PAGE_LIMIT)
+        } else {
+            self.cfg.page_limit
+        };
         Some(Fetch {
             id: s.id,
             topic: s.topic.clone(),
             target,
             before: s.before.clone(),
-            limit: self.cfg.page_limit.max(1),
+            limit: limit.max(1),
         })
     }
 
