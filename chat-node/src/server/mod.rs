@@ -1735,7 +1735,6 @@ impl ServerCore {
     }
 }
 
-/// Per origin, the sequence number through which `node` holds every event.
 /// Per topic, the last own event that was (or should have been) published there, from the
 /// recovered events: an event committed but not published before a crash is then the
 /// `prev` of the next publication, and subscribers see the gap and repair it.
@@ -1754,6 +1753,7 @@ fn last_published(name: &str, node: &Node, events: &[Event]) -> BTreeMap<String,
     out
 }
 
+/// Per origin, the sequence number through which `node` holds every event.
 fn vector_of(node: &Node) -> BTreeMap<String, u64> {
     node.state()
         .applied()
