@@ -39,6 +39,21 @@ pub struct SimArgs {
     /// Keep going after a failing seed (default: stop at the first one).
     #[arg(long)]
     pub keep_going: bool,
+    /// Put a known defect back in every server, to see the checkers catch it:
+    /// `reply-before-durable` (a write's reply leaves before its batch is durable).
+    #[arg(long, value_parser = parse_defect)]
+    pub defect: Option<chat_node::server::Defect>,
+}
+
+/// Parses a defect name.
+pub fn parse_defect(s: &str) -> Result<chat_node::server::Defect, String> {
+    match s {
+        "reply-before-durable" => Ok(chat_node::server::Defect::ReplyBeforeDurable),
+        "none" => Ok(chat_node::server::Defect::None),
+        _ => Err(format!(
+            "unknown defect {s:?}: the simulator knows reply-before-durable"
+        )),
+    }
 }
 
 impl SimArgs {
@@ -51,6 +66,7 @@ impl SimArgs {
             faults: !self.no_faults,
             trace,
             stop_at_first: true,
+            defect: self.defect.unwrap_or_default(),
         }
     }
 }

@@ -61,6 +61,8 @@ pub struct Options {
     pub trace: bool,
     /// Stop at the first violation.
     pub stop_at_first: bool,
+    /// A known defect put back in every server (the simulator's self-test).
+    pub defect: chat_node::server::Defect,
 }
 
 impl Default for Options {
@@ -73,6 +75,7 @@ impl Default for Options {
             faults: true,
             trace: false,
             stop_at_first: true,
+            defect: chat_node::server::Defect::None,
         }
     }
 }
