@@ -36,9 +36,27 @@ pub struct SimArgs {
     /// Run without faults (a healthy cluster).
     #[arg(long)]
     pub no_faults: bool,
-    /// Keep going after a failing seed (default: stop at the first one).
+    /// Keep going after a failing seed (default: stop soon after the first one).
     #[arg(long)]
     pub keep_going: bool,
+    /// Threads running seeds side by side (default: one per CPU).
+    #[arg(long, value_parser = clap::value_parser!(usize))]
+    pub threads: Option<usize>,
+    /// Put a known defect back in every server, to see the checkers catch it:
+    /// `reply-before-durable` (a write's reply leaves before its batch is durable).
+    #[arg(long, value_parser = parse_defect)]
+    pub defect: Option<chat_node::server::Defect>,
+}
+
+/// Parses a defect name.
+pub fn parse_defect(s: &str) -> Result<chat_node::server::Defect, String> {
+    match s {
+        "reply-before-durable" => Ok(chat_node::server::Defect::ReplyBeforeDurable),
+        "none" => Ok(chat_node::server::Defect::None),
+        _ => Err(format!(
+            "unknown defect {s:?}: the simulator knows reply-before-durable"
+        )),
+    }
 }
 
 impl SimArgs {
@@ -51,6 +69,7 @@ impl SimArgs {
             faults: !self.no_faults,
             trace,
             stop_at_first: true,
+            defect: self.defect.unwrap_or_default(),
         }
     }
 }
@@ -77,21 +96,30 @@ pub fn run(args: &SimArgs, out: &mut dyn Write) -> std::io::Result<bool> {
     }
     let opts = args.options(false);
     let started = Instant::now();
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
     let mut sweep = chat_sim::Sweep::default();
     let mut last_report = Instant::now();
-    for seed in args.first..args.first.saturating_add(args.seeds) {
-        let o = chat_sim::run(seed, &opts);
-        let failed = !o.passed();
-        if failed {
+    let end = args.first.saturating_add(args.seeds);
+    let mut next = args.first;
+    while next < end {
+        // Chunks, so that a failure stops the sweep soon and progress shows.
+        let chunk = next..end.min(next.saturating_add(64 * threads as u64));
+        next = chunk.end;
+        let part = chat_sim::sweep_parallel(chunk, &opts, threads);
+        for o in &part.failures {
             for v in &o.violations {
-                writeln!(out, "seed {seed} FAILED: {v}")?;
+                writeln!(out, "seed {} FAILED: {v}", o.seed)?;
             }
             writeln!(
                 out,
-                "replay: SIM_SEED={seed} cargo run --release --bin chat-sim -- --trace"
+                "replay: SIM_SEED={} cargo run --release --bin chat-sim -- --trace",
+                o.seed
             )?;
         }
-        sweep.add(o);
+        let failed = !part.failures.is_empty();
+        sweep.merge(part);
         if failed && !args.keep_going {
             break;
         }
@@ -103,7 +131,7 @@ pub fn run(args: &SimArgs, out: &mut dyn Write) -> std::io::Result<bool> {
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     writeln!(
         out,
-        "{} seeds in {secs:.1} s: {:.0} seeds/s, {:.0} events/s, {:.0} s of virtual time",
+        "{} seeds in {secs:.1} s on {threads} thread(s): {:.0} seeds/s, {:.0} events/s, {:.0} s of virtual time",
         sweep.runs,
         sweep.runs as f64 / secs,
         sweep.events as f64 / secs,

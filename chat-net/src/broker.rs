@@ -62,7 +62,7 @@ pub struct BrokerConfig {
     /// Most requests waiting in the queue (at least 1); more are refused at once
     /// (default 10 000).
     pub max_pending: usize,
-    /// Largest request or reply frame forwarded, in bytes (default [`sockets::MAX_MSG_SIZE`]).
+    /// Largest request or reply frame forwarded, in bytes (default `MAX_MSG_SIZE` (1 MiB)).
     pub max_frame: usize,
 }
 

@@ -1,17 +1,19 @@
-//! Everything that touches ZeroMQ: broker, proxy, server runtime and client SDK.
+//! Everything that touches ZeroMQ: the drivers of the cores of `chat-node` (broker,
+//! reference, server), the proxy, and the client SDK.
 //!
 //! # Layout
 //! - [`backend`]: the frame protocol between the broker and servers (READY/HB/REQ/REP/BYE),
 //!   re-exported from `chat_node::backend`.
-//! - [`broker`]: the reliable request broker (ROUTER/ROUTER, heartbeats, re-dispatch,
-//!   session affinity).
+//! - [`broker`]: the reliable request broker's driver (two ROUTERs around
+//!   `chat_node::broker::BrokerCore`: heartbeats, re-dispatch, session affinity).
 //! - [`proxy`]: the XSUB/XPUB forwarder for publications.
-//! - [`reference`](mod@reference): the reference service (ranks, live-server list, heartbeats).
-//! - [`server`]: the server runtime: one `zmq::poll` loop driving `chat-core`, the store,
-//!   the peer links and the `chat-sync` machines (election, clock sync, replication).
+//! - [`reference`](mod@reference): the reference service's driver (ranks, live-server list,
+//!   heartbeats; `ranks.json` with a data directory).
+//! - [`server`]: the server runtime: one `zmq::poll` loop and a writer thread driving
+//!   `chat_node::server::ServerCore`, which decides everything.
 //! - [`client`]: the client SDK: typed requests with Lazy Pirate retries, exact-topic
 //!   subscriptions delivered over a `crossbeam-channel`.
-//! - [`sockets`]: socket options applied everywhere (linger, high-water marks).
+//! - `sockets` (private): socket options applied everywhere (linger, high-water marks).
 //! - [`cluster`]: a whole cluster on threads of one process, on OS-chosen loopback ports
 //!   (for `chat-bench`, examples and tests).
 //! - [`baseline`]: plain ZeroMQ echo (ROUTER/DEALER proxy, REP workers, REQ clients), the
@@ -31,7 +33,7 @@ pub mod cluster;
 pub mod proxy;
 pub mod reference;
 pub mod server;
-pub mod sockets;
+pub(crate) mod sockets;
 
 /// The ZeroMQ context the components of this crate create their sockets in (opaque).
 ///

@@ -7,7 +7,7 @@
 //!
 //! This is `zmq::proxy` written as a `zmq::poll` loop so that it stops when the
 //! [`Shutdown`] flag is raised. The XPUB side has a send high-water mark of
-//! [`sockets::PUB_HWM`] messages per subscriber and drops past it (pub/sub is lossy by
+//! `PUB_HWM` messages per subscriber and drops past it (pub/sub is lossy by
 //! design); the loop never blocks on a slow subscriber. Nothing a peer sends can stop it:
 //! frames are forwarded as opaque bytes and every send error is counted and ignored.
 

@@ -9,7 +9,7 @@
 //! A ROUTER, so no client can wedge it (a REP would be stuck by a client that sends and
 //! vanishes, or by a malformed envelope). REQ clients arrive as `[identity]["" ][body]` and
 //! get `[identity]["" ][reply]`; DEALER clients may omit the empty delimiter. Frames larger
-//! than [`sockets::MAX_MSG_SIZE`] close the sender's connection (libzmq `MAXMSGSIZE`).
+//! than `MAX_MSG_SIZE` (1 MiB) close the sender's connection (libzmq `MAXMSGSIZE`).
 //! Replies to vanished clients are dropped. The loop polls every 100 ms for the
 //! [`Shutdown`] flag.
 //!

@@ -61,6 +61,8 @@ pub struct Options {
     pub trace: bool,
     /// Stop at the first violation.
     pub stop_at_first: bool,
+    /// A known defect put back in every server (the simulator's self-test).
+    pub defect: chat_node::server::Defect,
 }
 
 impl Default for Options {
@@ -73,6 +75,7 @@ impl Default for Options {
             faults: true,
             trace: false,
             stop_at_first: true,
+            defect: chat_node::server::Defect::None,
         }
     }
 }
@@ -182,6 +185,24 @@ pub struct Sweep {
 }
 
 impl Sweep {
+    /// Adds the runs of `other` (failures kept sorted by seed).
+    pub fn merge(&mut self, other: Sweep) {
+        self.runs += other.runs;
+        for (k, n) in other.faults {
+            *self.faults.entry(k).or_default() += n;
+        }
+        self.events += other.events;
+        self.messages.0 += other.messages.0;
+        self.messages.1 += other.messages.1;
+        self.messages.2 += other.messages.2;
+        self.acked += other.acked;
+        self.twice_accepted += other.twice_accepted;
+        self.fenced += other.fenced;
+        self.virtual_time += other.virtual_time;
+        self.failures.extend(other.failures);
+        self.failures.sort_by_key(|o| o.seed);
+    }
+
     /// Adds one run.
     pub fn add(&mut self, o: Outcome) {
         self.runs += 1;
@@ -209,4 +230,27 @@ pub fn sweep(seeds: impl IntoIterator<Item = u64>, opts: &Options) -> Sweep {
         s.add(run(seed, opts));
     }
     s
+}
+
+/// Runs every seed of `seeds` on `threads` threads (each run is independent and
+/// deterministic, so the result is the same as [`sweep`]'s, failures sorted by seed).
+pub fn sweep_parallel(seeds: std::ops::Range<u64>, opts: &Options, threads: usize) -> Sweep {
+    let threads = threads.max(1) as u64;
+    let parts: Vec<Sweep> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|k| {
+                let seeds = seeds.clone();
+                scope.spawn(move || sweep(seeds.filter(|s| s % threads == k), opts))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let mut all = Sweep::default();
+    for p in parts {
+        all.merge(p);
+    }
+    all
 }

@@ -609,13 +609,14 @@ impl World {
         let mut cfg = ServerConfig::new(srv.name.clone());
         cfg.reference = Some("sim://reference".into());
         let reader = Box::new(DiskReader(srv.disk.clone()));
-        let core = ServerCore::new(
+        let mut core = ServerCore::new(
             cfg,
             self.base + self.now,
             recovered,
             peer_endpoint(i),
             reader,
         );
+        core.set_defect(self.opts.defect);
         self.servers[i].core = Some(core);
         let events = self.servers[i].disk.borrow().events();
         self.log(|| format!("server-{} up ({events} events on disk)", i + 1));

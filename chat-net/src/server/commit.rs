@@ -112,11 +112,6 @@ impl Committer {
         })
     }
 
-    /// The shared store (for reads and metadata; they wait for a commit in progress).
-    pub fn store(&self) -> &SharedStore {
-        &self.store
-    }
-
     /// Whether a batch is being committed.
     pub fn busy(&self) -> bool {
         self.inflight.is_some()

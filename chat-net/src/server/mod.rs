@@ -9,7 +9,7 @@
 //!    reference), requests on the peer socket, replies on the links to the peers, the
 //!    reference's reply, and the writer's report that a batch is durable;
 //! 3. `handle_timeout`;
-//! 4. hand the core's next batch (events and metadata, one in flight) to the [`commit`]
+//! 4. hand the core's next batch (events and metadata, one in flight) to the `commit`
 //!    writer, and send everything `poll_transmit` gives: replies, publications, requests to
 //!    peers and the reference.
 //!
@@ -18,11 +18,11 @@
 //! business, checked there.
 //!
 //! # Layout
-//! - [`commit`]: group commit on a writer thread, one batch in flight.
-//! - [`links`]: the DEALER links to the other servers and the REQ socket to the reference.
+//! - `commit`: group commit on a writer thread, one batch in flight.
+//! - `links`: the DEALER links to the other servers and the REQ socket to the reference.
 
-pub mod commit;
-pub mod links;
+pub(crate) mod commit;
+pub(crate) mod links;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

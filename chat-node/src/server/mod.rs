@@ -315,6 +315,18 @@ pub enum Transmit {
     },
 }
 
+/// A known defect put back on purpose, so that the simulator can show it catches it
+/// ([`ServerCore::set_defect`]). Never set outside that self-test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Defect {
+    /// None: the server as it is.
+    #[default]
+    None,
+    /// The reply to a write leaves as soon as the write is applied in memory: before its
+    /// batch is durable and before any peer holds it.
+    ReplyBeforeDurable,
+}
+
 /// A client reply waiting for its write to be replicated.
 #[derive(Debug)]
 struct HeldReply {
@@ -432,6 +444,8 @@ pub struct ServerCore {
     broker: BrokerLink,
     /// A store read failed: the driver stops the server.
     failure: Option<StoreError>,
+    /// A defect put back for the simulator's self-test.
+    defect: Defect,
     // ----- live publications -----
     /// Per topic, the sequence number of the last own event published there (the `prev`
     /// of the next publication on it; see `docs/replication.md`, "Live delivery").
@@ -519,6 +533,7 @@ impl ServerCore {
                 fence_logged: false,
             },
             failure: None,
+            defect: Defect::None,
             published,
             node,
             cfg,
@@ -597,6 +612,11 @@ impl ServerCore {
     /// The offset of our physical clock from the OS clock, in milliseconds.
     pub fn clock_offset_ms(&self) -> i64 {
         self.clock_offset_ms
+    }
+
+    /// Puts back a known defect (for the simulator's self-test: a checker must catch it).
+    pub fn set_defect(&mut self, defect: Defect) {
+        self.defect = defect;
     }
 
     /// A store read failed: the server must stop (taken once).
@@ -786,6 +806,14 @@ impl ServerCore {
         }
         let Handled { reply, hold_for } = self.node.handle_client_request(env, now_ts);
         match hold_for {
+            Some(_) if self.defect == Defect::ReplyBeforeDurable => {
+                match encode_reply(&reply, encoding) {
+                    Ok(body) => self
+                        .out
+                        .push_back(Transmit::Broker(ToBroker::Reply { token, body })),
+                    Err(e) => warn!(error = %e, "cannot encode a reply"),
+                }
+            }
             Some(seq) => match encode_reply(&reply, encoding) {
                 Ok(bytes) => self.repl.hold(
                     seq,
