@@ -27,6 +27,9 @@ pub struct SimArgs {
     /// Simulated clients.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub clients: u64,
+    /// Simulated SDK subscribers (live delivery checked exactly once and gap-free).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=16))]
+    pub subscribers: u64,
     /// Length of the fault phase, in virtual seconds.
     #[arg(long, default_value_t = 10)]
     pub fault_secs: u64,
@@ -64,6 +67,7 @@ impl SimArgs {
         chat_sim::Options {
             servers: self.servers as usize,
             clients: self.clients as usize,
+            subscribers: self.subscribers as usize,
             fault_phase: Duration::from_secs(self.fault_secs),
             settle: Duration::from_secs(self.settle_secs),
             faults: !self.no_faults,

@@ -167,3 +167,38 @@ fn check_server(
     }
     out
 }
+
+/// Live delivery through the SDK's core: every acknowledged post delivered exactly once to
+/// every subscriber of its channel; nothing delivered twice.
+pub fn check_subscribers(
+    subs: &[crate::subscriber::SimSubscriber],
+    acked: &BTreeMap<String, Acked>,
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for (k, sub) in subs.iter().enumerate() {
+        let delivered = sub.delivered();
+        for (key, n) in delivered {
+            if *n > 1 {
+                out.push((
+                    "live delivery exactly once",
+                    format!("subscriber-{k} got {key} {n} times"),
+                ));
+            }
+        }
+        for (rid, a) in acked {
+            if let Write::Publish { channel, text } = &a.write {
+                if sub.topics().iter().any(|t| t == channel) && !delivered.contains_key(rid) {
+                    out.push((
+                        "live delivery gap-free",
+                        format!(
+                            "subscriber-{k} never got acknowledged {rid} (`{text}` on {channel}); settled: {}, {:?}",
+                            sub.is_settled(),
+                            sub.stats()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}

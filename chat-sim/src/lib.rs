@@ -17,7 +17,9 @@
 //!   and version vector) everywhere; every acknowledged write present exactly once, in
 //!   memory and in what an export would write; history and export agree; physical clocks
 //!   within [`world::CLOCK_BOUND_MS`] of each other;
-//! - requests sent well after the heal get answers.
+//! - requests sent well after the heal get answers;
+//! - live delivery through the SDK's core: every acknowledged post delivered exactly once
+//!   to every subscriber of its channel, however the proxy, servers and network fared.
 //!
 //! The same seed replays the same run, event for event: a failing seed is a reproducible
 //! bug report (`chat-sim --seed S --trace`).
@@ -28,6 +30,7 @@
 //! - [`disk`]: a disk whose volatile cache a power loss drops.
 //! - [`faults`]: the per-seed fault mix (swarm testing) and its schedule.
 //! - [`client`]: SDK-like clients (request ids, Lazy Pirate retries).
+//! - [`subscriber`]: SDK subscribers: the real live-delivery core, repairs through the broker.
 //! - [`check`]: the final checkers.
 //! - [`logs`]: the cores' log lines, captured into the trace with virtual times.
 
@@ -39,6 +42,7 @@ pub mod disk;
 pub mod faults;
 pub mod logs;
 pub mod net;
+pub mod subscriber;
 pub mod world;
 
 use std::collections::BTreeMap;
@@ -51,6 +55,8 @@ pub struct Options {
     pub servers: usize,
     /// Simulated clients.
     pub clients: usize,
+    /// Simulated SDK subscribers (each subscribes to every channel the clients use).
+    pub subscribers: usize,
     /// Length of the fault phase (virtual time).
     pub fault_phase: Duration,
     /// Length of the settling phase after the heal (virtual time).
@@ -70,6 +76,7 @@ impl Default for Options {
         Options {
             servers: 3,
             clients: 3,
+            subscribers: 0,
             fault_phase: Duration::from_secs(10),
             settle: Duration::from_secs(14),
             faults: true,
@@ -130,6 +137,12 @@ pub struct Stats {
     pub redispatched: u64,
     /// Election terms announced.
     pub terms: u64,
+    /// Posts a raw (seed-style) subscriber would have seen twice, over all subscribers.
+    pub raw_duplicates: u64,
+    /// Acknowledged posts a raw subscriber would never have seen, over all subscribers.
+    pub raw_missing: u64,
+    /// Posts the SDK's delivery core repaired from history, over all subscribers.
+    pub repaired: u64,
     /// Virtual time simulated.
     pub virtual_time: Duration,
     /// The fault mix of the seed.

@@ -21,6 +21,8 @@ pub enum Addr {
     Server(usize),
     /// Client `i`.
     Client(usize),
+    /// Subscriber `i` (an SDK subscriber: live delivery plus repairs through the broker).
+    Subscriber(usize),
 }
 
 impl std::fmt::Display for Addr {
@@ -31,6 +33,7 @@ impl std::fmt::Display for Addr {
             Addr::Proxy => f.write_str("proxy"),
             Addr::Server(i) => write!(f, "server-{}", i + 1),
             Addr::Client(i) => write!(f, "client-{i}"),
+            Addr::Subscriber(i) => write!(f, "subscriber-{i}"),
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use chat_core::protocol::decode_announcement;
+use chat_core::protocol::{decode_announcement, decode_publication};
 use chat_core::{Timestamp, TOPIC_SERVERS};
 use chat_node::broker::{BrokerCore, BrokerCoreConfig, SendFailure, Transmit as BrokerTransmit};
 use chat_node::reference::ReferenceCore;
@@ -21,6 +21,7 @@ use crate::client::{Acked, Done, SimClient};
 use crate::disk::{DiskReader, SharedDisk};
 use crate::faults::{Fault, Swarm};
 use crate::net::{Addr, Fate, LinkFaults, Network};
+use crate::subscriber::SimSubscriber;
 use crate::{Options, Outcome, Stats, Violation};
 
 /// The wall clock at virtual time zero: 2026-01-01T00:00:00Z.
@@ -47,8 +48,10 @@ enum Msg {
         gen: u32,
         body: Vec<u8>,
     },
-    /// A reply to a client's socket `gen`.
+    /// A reply to a client's (or a subscriber's) socket `gen`.
     Reply { gen: u32, body: Vec<u8> },
+    /// A subscriber's history read to the broker frontend, from socket `gen`.
+    SubRequest { sub: usize, gen: u32, body: Vec<u8> },
     /// Backend frames from server incarnation `inc` to the broker.
     ToBroker {
         server: usize,
@@ -130,6 +133,8 @@ pub struct World {
     proxy_up: bool,
     proxy_inc: u32,
     clients: Vec<SimClient>,
+    subs: Vec<SimSubscriber>,
+    sub_timer_at: Vec<Option<Duration>>,
     heal_at: Duration,
     healed: bool,
     acked: BTreeMap<String, Acked>,
@@ -203,6 +208,10 @@ impl World {
             proxy_up: true,
             proxy_inc: 0,
             clients,
+            subs: (0..opts.subscribers)
+                .map(|_| SimSubscriber::new(&crate::client::CHANNELS))
+                .collect(),
+            sub_timer_at: vec![None; opts.subscribers],
             heal_at,
             healed: false,
             acked: BTreeMap::new(),
@@ -224,6 +233,11 @@ impl World {
         }
         for i in 0..self.clients.len() {
             self.schedule_client(i);
+        }
+        for k in 0..self.subs.len() {
+            let now = self.instant();
+            self.subs[k].subscribe(now);
+            self.drive_subscriber(k);
         }
         let faults = self
             .swarm
@@ -306,7 +320,7 @@ impl World {
             Addr::Reference => self.reference_inc,
             Addr::Proxy => self.proxy_inc,
             Addr::Server(i) => self.servers[i].inc,
-            Addr::Client(_) => 0,
+            Addr::Client(_) | Addr::Subscriber(_) => 0,
         }
     }
 
@@ -351,6 +365,7 @@ impl World {
                     Addr::Proxy => self.at_proxy(msg),
                     Addr::Server(i) => self.at_server(i, msg),
                     Addr::Client(i) => self.at_client(i, msg),
+                    Addr::Subscriber(k) => self.at_subscriber(k, msg),
                 }
             }
             Ev::Timer { who, inc } => match who {
@@ -382,6 +397,10 @@ impl World {
                     self.drive_broker();
                 }
                 Addr::Client(i) => self.client_timer(i),
+                Addr::Subscriber(k) if self.sub_timer_at[k] == Some(self.now) => {
+                    self.sub_timer_at[k] = None;
+                    self.drive_subscriber(k);
+                }
                 _ => {}
             },
             Ev::DiskDone { server, inc } => {
@@ -430,6 +449,11 @@ impl World {
             Msg::Request { client, gen, body } => {
                 b.handle_client(now, wall, vec![client_identity(client, gen), vec![], body])
             }
+            Msg::SubRequest { sub, gen, body } => b.handle_client(
+                now,
+                wall,
+                vec![format!("k{sub}.{gen}").into_bytes(), vec![], body],
+            ),
             Msg::ToBroker {
                 server,
                 inc,
@@ -456,13 +480,19 @@ impl World {
         while let Some(tx) = self.broker.as_mut().and_then(BrokerCore::poll_transmit) {
             match &tx {
                 BrokerTransmit::Client { envelope, body } => {
-                    let target = envelope.first().and_then(|id| parse_identity(id, 'c'));
-                    match target {
-                        Some((c, gen))
+                    let id = envelope.first();
+                    let client = id.and_then(|id| parse_identity(id, 'c'));
+                    let subscriber = id.and_then(|id| parse_identity(id, 'k'));
+                    match (client, subscriber) {
+                        (Some((c, gen)), _)
                             if c < self.clients.len() && self.clients[c].gen() == gen =>
                         {
                             let body = body.clone();
                             self.send(Addr::Broker, Addr::Client(c), Msg::Reply { gen, body });
+                        }
+                        (_, Some((k, gen))) if k < self.subs.len() && self.subs[k].gen() == gen => {
+                            let body = body.clone();
+                            self.send(Addr::Broker, Addr::Subscriber(k), Msg::Reply { gen, body });
                         }
                         _ => {
                             if let Some(b) = self.broker.as_mut() {
@@ -574,6 +604,15 @@ impl World {
             return;
         }
         if let Msg::Publish { topic, payload } = msg {
+            for k in 0..self.subs.len() {
+                if self.subs[k].topics().contains(&topic) {
+                    let m = Msg::Publication {
+                        topic: topic.clone(),
+                        payload: payload.clone(),
+                    };
+                    self.send(Addr::Proxy, Addr::Subscriber(k), m);
+                }
+            }
             if topic == TOPIC_SERVERS {
                 for j in 0..self.servers.len() {
                     if self.servers[j].core.is_some() {
@@ -931,6 +970,80 @@ impl World {
         }
     }
 
+    // ----- subscribers --------------------------------------------------------------------
+
+    fn at_subscriber(&mut self, k: usize, msg: Msg) {
+        let now = self.instant();
+        match msg {
+            Msg::Publication { topic, payload } => {
+                if let Ok(p) = decode_publication(&topic, &payload) {
+                    self.log(|| {
+                        format!(
+                            "subscriber-{k} live {topic} {} rid {:?} prev {:?}",
+                            p.id().unwrap_or("-"),
+                            p.rid(),
+                            p.prev()
+                        )
+                    });
+                    self.subs[k].on_publication(now, &topic, p);
+                }
+            }
+            Msg::Reply { gen, body } => {
+                if self.trace.is_some() {
+                    if let Ok((env, _)) = chat_core::protocol::decode_reply(&body) {
+                        let what = match &env.reply {
+                            chat_core::Reply::History(page) => format!(
+                                "{} items, next {:?}: {:?}",
+                                page.items.len(),
+                                page.next,
+                                page.items
+                                    .iter()
+                                    .map(|p| p.id().unwrap_or("-").to_string())
+                                    .collect::<Vec<_>>()
+                            ),
+                            other => format!("{other:?}"),
+                        };
+                        self.log(|| format!("subscriber-{k} history reply (socket {gen}): {what}"));
+                    }
+                }
+                self.subs[k].on_reply(now, gen, &body)
+            }
+            _ => return,
+        }
+        self.drive_subscriber(k);
+    }
+
+    fn drive_subscriber(&mut self, k: usize) {
+        let now = self.instant();
+        let wall_ms = self.wall().millis();
+        if let Some(body) = self.subs[k].step(now, self.now, wall_ms) {
+            let gen = self.subs[k].gen();
+            if self.trace.is_some() {
+                if let Ok((env, _)) = chat_core::protocol::decode_request(&body) {
+                    self.log(|| format!("subscriber-{k} reads (socket {gen}) {:?}", env.request));
+                }
+            }
+            self.send(
+                Addr::Subscriber(k),
+                Addr::Broker,
+                Msg::SubRequest { sub: k, gen, body },
+            );
+        }
+        if let Some(at) = self.subs[k].due(now, self.now) {
+            let at = at.max(self.now + IMMEDIATE);
+            if self.sub_timer_at[k].is_none_or(|t| at < t || t <= self.now) {
+                self.sub_timer_at[k] = Some(at);
+                self.at(
+                    at,
+                    Ev::Timer {
+                        who: Addr::Subscriber(k),
+                        inc: 0,
+                    },
+                );
+            }
+        }
+    }
+
     // ----- faults -----------------------------------------------------------------------
 
     fn fault(&mut self, f: Fault) {
@@ -1021,7 +1134,15 @@ impl World {
             Addr::Server(i) if self.servers[i].core.is_none() => self.start_server(i),
             Addr::Broker if self.broker.is_none() => self.start_broker(),
             Addr::Reference if self.reference.is_none() => self.start_reference(),
-            Addr::Proxy => self.proxy_up = true,
+            Addr::Proxy if !self.proxy_up => {
+                self.proxy_up = true;
+                // Every SUB socket reconnects (ZeroMQ re-sends its subscriptions).
+                for k in 0..self.subs.len() {
+                    let now = self.instant();
+                    self.subs[k].on_reconnect(now);
+                    self.drive_subscriber(k);
+                }
+            }
             _ => {}
         }
     }
@@ -1085,7 +1206,20 @@ impl World {
             });
             return;
         }
-        let found = check::final_checks(&views, &self.acked);
+        let mut found = check::final_checks(&views, &self.acked);
+        found.extend(check::check_subscribers(&self.subs, &self.acked));
+        for sub in &self.subs {
+            self.stats.raw_duplicates += sub.raw().values().filter(|n| **n > 1).count() as u64;
+            self.stats.raw_missing += self
+                .acked
+                .iter()
+                .filter(|(rid, a)| {
+                    matches!(&a.write, crate::client::Write::Publish { .. })
+                        && !sub.raw().contains_key(*rid)
+                })
+                .count() as u64;
+            self.stats.repaired += sub.stats().repaired;
+        }
         for (rule, detail) in found {
             self.violations.push(Violation {
                 at: self.now,
