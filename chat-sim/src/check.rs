@@ -168,8 +168,9 @@ fn check_server(
     out
 }
 
-/// Live delivery through the SDK's core: every acknowledged post delivered exactly once to
-/// every subscriber of its channel; nothing delivered twice.
+/// Live delivery through the SDK's core: nothing delivered twice; every acknowledged post
+/// whose request was first sent after the subscriber's baseline of its channel answered
+/// delivered (exactly once) to that subscriber. (A post sent before may or may not be.)
 pub fn check_subscribers(
     subs: &[crate::subscriber::SimSubscriber],
     acked: &BTreeMap<String, Acked>,
@@ -187,11 +188,24 @@ pub fn check_subscribers(
         }
         for (rid, a) in acked {
             if let Write::Publish { channel, text } = &a.write {
-                if sub.topics().iter().any(|t| t == channel) && !delivered.contains_key(rid) {
+                if !sub.topics().iter().any(|t| t == channel) {
+                    continue;
+                }
+                let Some(base) = sub.baselined_at(channel) else {
+                    out.push((
+                        "live delivery gap-free",
+                        format!("subscriber-{k} never read its baseline of {channel}"),
+                    ));
+                    continue;
+                };
+                if a.started > base && !delivered.contains_key(rid) {
                     out.push((
                         "live delivery gap-free",
                         format!(
-                            "subscriber-{k} never got acknowledged {rid} (`{text}` on {channel}); settled: {}, {:?}",
+                            "subscriber-{k} never got acknowledged {rid} (`{text}` on {channel}, \
+                             sent at {:.3} s, baseline at {:.3} s); settled: {}, {:?}",
+                            a.started.as_secs_f64(),
+                            base.as_secs_f64(),
                             sub.is_settled(),
                             sub.stats()
                         ),

@@ -34,6 +34,8 @@ pub struct SimSubscriber {
     /// What a seed-style subscriber would have seen, by request id.
     raw: BTreeMap<String, u32>,
     topics: Vec<String>,
+    /// Per topic, when its baseline read answered (virtual time).
+    baselined: BTreeMap<String, Duration>,
 }
 
 impl SimSubscriber {
@@ -46,6 +48,7 @@ impl SimSubscriber {
             delivered: BTreeMap::new(),
             raw: BTreeMap::new(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
+            baselined: BTreeMap::new(),
         }
     }
 
@@ -77,8 +80,8 @@ impl SimSubscriber {
         self.delivery.handle_reconnect(now);
     }
 
-    /// A reply on socket `gen`.
-    pub fn on_reply(&mut self, now: Instant, gen: u32, body: &[u8]) {
+    /// A reply on socket `gen`, at `now` (virtual time `at`).
+    pub fn on_reply(&mut self, now: Instant, at: Duration, gen: u32, body: &[u8]) {
         if gen != self.gen {
             return;
         }
@@ -94,6 +97,22 @@ impl SimSubscriber {
             Err(_) => Err(ErrorCode::BadRequest),
         };
         self.delivery.handle_history(now, read.id, result);
+        self.note_baselines(at);
+    }
+
+    /// Records the topics whose baseline answered by now (virtual time `at`).
+    fn note_baselines(&mut self, at: Duration) {
+        for t in &self.topics {
+            if !self.baselined.contains_key(t) && self.delivery.baselined_at(t).is_some() {
+                self.baselined.insert(t.clone(), at);
+            }
+        }
+    }
+
+    /// When `topic`'s baseline read answered (virtual time): from then on, every write whose
+    /// request is sent later must be delivered exactly once.
+    pub fn baselined_at(&self, topic: &str) -> Option<Duration> {
+        self.baselined.get(topic).copied()
     }
 
     /// Runs what is due; returns a history read to send (on socket [`SimSubscriber::gen`]).
@@ -116,6 +135,7 @@ impl SimSubscriber {
             self.read = None;
             self.delivery
                 .handle_history(now, id, Err(ErrorCode::Timeout));
+            self.note_baselines(at);
             while let Some(p) = self.delivery.poll_delivery() {
                 *self.delivered.entry(key(&p)).or_default() += 1;
             }

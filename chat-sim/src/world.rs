@@ -1006,7 +1006,7 @@ impl World {
                         self.log(|| format!("subscriber-{k} history reply (socket {gen}): {what}"));
                     }
                 }
-                self.subs[k].on_reply(now, gen, &body)
+                self.subs[k].on_reply(now, self.now, gen, &body)
             }
             _ => return,
         }
