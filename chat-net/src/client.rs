@@ -33,7 +33,7 @@
 //! # Ok::<(), chat_net::client::ClientError>(())
 //! ```
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -48,7 +48,7 @@ use chat_core::{
 };
 use chat_node::delivery::{Delivery, Fetch};
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 pub use chat_node::delivery::{DeliveryConfig, DeliveryStats};
 
@@ -154,6 +154,15 @@ struct SubHandle {
     control: Mutex<zmq::Socket>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<Mutex<DeliveryStats>>,
+    baselines: Arc<Baselines>,
+}
+
+/// When each subscribed topic's baseline read answered, shared by the subscriber thread
+/// with the callers waiting for it.
+#[derive(Default)]
+struct Baselines {
+    at: Mutex<HashMap<String, Instant>>,
+    changed: Condvar,
 }
 
 /// A connection to a chat cluster. `Send + Sync`: share it with `Arc`.
@@ -220,8 +229,65 @@ impl Client {
     }
 
     /// Receives interest in `topic` (a channel, a user name, or `servers`), matched exactly.
+    /// Returns once the SUB socket has the subscription; exactly-once, gap-free delivery
+    /// starts when the topic's baseline read answers ([`Client::wait_for_baseline`]).
     pub fn subscribe(&self, topic: &str) -> Result<(), ClientError> {
         self.control(b'+', topic)
+    }
+
+    /// Subscribes to a channel or user topic and waits (up to `timeout`) until its baseline
+    /// read answered; returns when it did. Every write whose request is sent after that is
+    /// delivered exactly once (see [`Client::wait_for_baseline`]).
+    pub fn subscribe_with_baseline(
+        &self,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Instant, ClientError> {
+        let deadline = Instant::now() + timeout;
+        self.subscribe(topic)?;
+        self.wait_for_baseline(topic, deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// When `topic`'s baseline read answered, if it did: from then on, every post or private
+    /// message whose request is sent later is delivered exactly once (one sent before may or
+    /// may not be, never twice). `None` before, for topics not subscribed, for `servers`,
+    /// and without repair ([`DeliveryConfig::dedup_only`]).
+    pub fn baselined_at(&self, topic: &str) -> Option<Instant> {
+        self.sub.baselines.at.lock().get(topic).copied()
+    }
+
+    /// Waits up to `timeout` for `topic`'s baseline read to answer (see
+    /// [`Client::baselined_at`]); [`ClientError::Timeout`] if it did not (history reads are
+    /// retried meanwhile), [`ClientError::Protocol`] without repair.
+    pub fn wait_for_baseline(
+        &self,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Instant, ClientError> {
+        if !self.cfg.delivery.repair {
+            return Err(ClientError::Protocol(
+                "live delivery has no baseline without repair".into(),
+            ));
+        }
+        let deadline = Instant::now() + timeout;
+        let mut at = self.sub.baselines.at.lock();
+        loop {
+            if let Some(t) = at.get(topic) {
+                return Ok(*t);
+            }
+            if self
+                .sub
+                .baselines
+                .changed
+                .wait_until(&mut at, deadline)
+                .timed_out()
+            {
+                return at.get(topic).copied().ok_or(ClientError::Timeout {
+                    attempts: 1,
+                    timeout,
+                });
+            }
+        }
     }
 
     /// Stops receiving `topic`.
@@ -413,6 +479,7 @@ fn start_subscriber(
     control.bind(&addr)?;
     let sub = Subscriber::on(ctx, cfg, clock)?;
     let stats = sub.stats.clone();
+    let baselines = sub.baselines.clone();
     let peer = sockets::socket(ctx, zmq::PAIR, sockets::REQUEST_HWM)?;
     peer.connect(&addr)?;
     let thread = std::thread::Builder::new()
@@ -423,6 +490,7 @@ fn start_subscriber(
         control: Mutex::new(control),
         thread: Some(thread),
         stats,
+        baselines,
     })
 }
 
@@ -466,6 +534,8 @@ pub struct Subscriber {
     /// Events ready for the caller, in order.
     ready: VecDeque<ClientEvent>,
     stats: Arc<Mutex<DeliveryStats>>,
+    /// When each topic's baseline answered (shared with a [`Client`]'s callers).
+    baselines: Arc<Baselines>,
     /// History reads and the SUB socket's monitor, when repair is on.
     repair: Option<Repair>,
     // Declared last: the sockets close before their context.
@@ -551,6 +621,7 @@ impl Subscriber {
             delivery: Delivery::new(cfg.delivery.clone()),
             ready: VecDeque::new(),
             stats: Arc::new(Mutex::new(DeliveryStats::default())),
+            baselines: Arc::new(Baselines::default()),
             repair,
             _ctx: ctx.clone(),
         })
@@ -570,8 +641,42 @@ impl Subscriber {
         if self.topics.remove(topic.as_bytes()) {
             self.socket.set_unsubscribe(topic.as_bytes())?;
             self.delivery.unsubscribe(topic);
+            self.baselines.at.lock().remove(topic);
         }
         Ok(())
+    }
+
+    /// When `topic`'s baseline read answered, if it did: from then on, every post or private
+    /// message whose request is sent later is delivered exactly once (one sent before may or
+    /// may not be, never twice). `None` before, and without repair.
+    pub fn baselined_at(&self, topic: &str) -> Option<Instant> {
+        self.delivery.baselined_at(topic)
+    }
+
+    /// Reads (up to `timeout`) until `topic`'s baseline read answered; returns when it did,
+    /// `None` if it did not in time (or there is no repair). Events that arrive meanwhile are
+    /// kept for [`Subscriber::recv`].
+    pub fn wait_for_baseline(
+        &mut self,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Option<Instant>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(at) = self.delivery.baselined_at(topic) {
+                return Ok(Some(at));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.repair.is_none() {
+                return Ok(None);
+            }
+            // `step` does not wait while events are ready: set them aside meanwhile.
+            let mut kept = std::mem::take(&mut self.ready);
+            let stepped = self.step(None, left);
+            kept.append(&mut self.ready);
+            self.ready = kept;
+            stepped?;
+        }
     }
 
     /// The Lamport clock advanced by every event received.
@@ -682,16 +787,23 @@ impl Subscriber {
         if let Some(r) = self.repair.as_mut() {
             if let Some((id, result)) = r.fetcher.handle_timeout(now) {
                 self.delivery.handle_history(now, id, result);
+                note_baselines(&self.delivery, &self.topics, &self.baselines);
             }
             if r.fetcher.is_idle() {
                 if let Some(fetch) = self.delivery.poll_fetch(now) {
                     if let Err(result) = r.fetcher.send(now, &fetch, &self.clock) {
                         self.delivery.handle_history(now, fetch.id, Err(result));
+                        note_baselines(&self.delivery, &self.topics, &self.baselines);
                     }
                 }
             }
         }
         self.pump();
+    }
+
+    /// Publishes the baselines that answered (for a [`Client`]'s waiting callers).
+    fn note_baselines(&self) {
+        note_baselines(&self.delivery, &self.topics, &self.baselines);
     }
 
     /// Moves what delivery released into `ready`.
@@ -762,8 +874,30 @@ impl Subscriber {
         };
         if let Some((id, result)) = r.fetcher.read(&self.clock) {
             self.delivery.handle_history(Instant::now(), id, result);
+            self.note_baselines();
             self.pump();
         }
+    }
+}
+
+/// Publishes the baselines of `topics` that answered (for a [`Client`]'s waiting callers).
+fn note_baselines(delivery: &Delivery, topics: &HashSet<Vec<u8>>, baselines: &Baselines) {
+    let mut at = baselines.at.lock();
+    let mut changed = false;
+    for t in topics {
+        let Ok(topic) = std::str::from_utf8(t) else {
+            continue;
+        };
+        if at.contains_key(topic) {
+            continue;
+        }
+        if let Some(when) = delivery.baselined_at(topic) {
+            at.insert(topic.to_string(), when);
+            changed = true;
+        }
+    }
+    if changed {
+        baselines.changed.notify_all();
     }
 }
 
