@@ -10,11 +10,13 @@
 //! frame exactly and delivers only what was asked for, as [`ClientEvent`]s over a
 //! `crossbeam-channel`. Every reply and publication advances the client's Lamport clock.
 //!
-//! Live delivery is exactly once and gap-free on each subscribed channel or user topic: the
+//! Live delivery is exactly once and gap-free on each subscribed channel or user topic,
+//! from the moment its baseline history read answered ([`Client::wait_for_baseline`]): the
 //! thread runs [`chat_node::delivery::Delivery`], which drops repeats (same event id, or
-//! another copy of the same request) and repairs what pub/sub lost from `history` (gaps
-//! revealed by the publications' `prev`, a reconnection of the SUB socket seen by a socket
-//! monitor, and a periodic check for lost tails). The history reads go through the broker
+//! another copy of the same request) and repairs what pub/sub lost from `history` (holes
+//! revealed by the publications' `prev`, lost tails revealed by the per-origin `heads` of
+//! history replies, read after a reconnection of the SUB socket seen by a socket monitor
+//! and by a periodic check). The history reads go through the broker
 //! on the thread's own Lazy Pirate REQ socket, never the application's. See
 //! `docs/replication.md`, "Live delivery"; [`Client::delivery_stats`] tells what it did.
 //!
