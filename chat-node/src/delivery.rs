@@ -286,15 +286,16 @@ impl Origin {
     }
 
     /// Records that `prev` is missing and that the origin is contiguous from `prev` to
-    /// `seq`; returns the number of holes given up to stay within [`MAX_WANTED`].
-    fn add_hole(&mut self, prev: u64, seq: u64) -> u64 {
+    /// `seq`; returns whether that is a new hole (not the chain going on from one), and the
+    /// number of holes given up to stay within [`MAX_WANTED`].
+    fn add_hole(&mut self, prev: u64, seq: u64) -> (bool, u64) {
         let (mut start, mut end) = (prev, seq);
         // A hole whose publication was `prev`: the chain goes on from it.
-        if let Some(k) = self
+        let goes_on = self
             .holes
             .iter()
-            .find_map(|(&k, &v)| (v == prev).then_some(k))
-        {
+            .find_map(|(&k, &v)| (v == prev).then_some(k));
+        if let Some(k) = goes_on {
             self.holes.remove(&k);
             start = k;
         }
@@ -309,7 +310,7 @@ impl Origin {
             self.holes.pop_first();
             dropped += 1;
         }
-        dropped
+        (goes_on.is_none(), dropped)
     }
 }
 
@@ -536,10 +537,11 @@ impl Delivery {
                     // cannot be told from a loss; it starts here.
                     o.cover(id.seq);
                 } else {
-                    self.stats.unresolved += o.add_hole(prev, id.seq);
+                    let (new, dropped) = o.add_hole(prev, id.seq);
+                    self.stats.unresolved += dropped;
                     if baselined {
                         // Before the baseline the hole may be the past: counted then.
-                        self.stats.gaps += 1;
+                        self.stats.gaps += u64::from(new);
                         o.want.get_or_insert(Want {
                             since: now,
                             after: checks,
