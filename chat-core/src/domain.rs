@@ -86,6 +86,11 @@ pub struct ChatState {
     directs: BTreeMap<Stamp, DirectPost>,
     direct_index: BTreeMap<String, BTreeSet<Stamp>>,
     applied: BTreeMap<String, AppliedSeqs>,
+    /// Per channel, per origin, the sequence numbers of its visible posts there.
+    channel_seqs: BTreeMap<String, BTreeMap<String, BTreeSet<u64>>>,
+    /// Per recipient, per origin, the sequence numbers of the visible private messages to
+    /// them (what is published on the recipient's topic).
+    inbox_seqs: BTreeMap<String, BTreeMap<String, BTreeSet<u64>>>,
     requests: BTreeMap<String, RequestWinner>,
     max_clock: u64,
     events: u64,
@@ -217,6 +222,7 @@ impl ChatState {
             }
             EventKind::ChannelMessage { channel, .. } => {
                 if let Some(Publication::Channel(post)) = e.publication() {
+                    add_seq(&mut self.channel_seqs, channel, &e.id);
                     self.posts
                         .entry(channel.clone())
                         .or_default()
@@ -225,6 +231,7 @@ impl ChatState {
             }
             EventKind::DirectMessage { src, dst, .. } => {
                 if let Some(Publication::Direct(post)) = e.publication() {
+                    add_seq(&mut self.inbox_seqs, dst, &e.id);
                     self.direct_index
                         .entry(src.clone())
                         .or_default()
@@ -242,6 +249,15 @@ impl ChatState {
 
     /// Removes a visible event's content (it lost to an earlier copy of the same request).
     fn hide(&mut self, stamp: &Stamp, kind: &EventKind) {
+        match kind {
+            EventKind::ChannelMessage { channel, .. } => {
+                remove_seq(&mut self.channel_seqs, channel, &stamp.origin, stamp.seq);
+            }
+            EventKind::DirectMessage { dst, .. } => {
+                remove_seq(&mut self.inbox_seqs, dst, &stamp.origin, stamp.seq);
+            }
+            _ => {}
+        }
         fn remove_empty<K: Ord + Clone, V>(
             map: &mut BTreeMap<K, V>,
             key: &K,
@@ -373,7 +389,10 @@ impl ChatState {
             HistoryTarget::Channel(c) => {
                 let Some(log) = self.posts.get(c) else {
                     if self.channels.contains_key(c) {
-                        return Ok(HistoryPage::default());
+                        return Ok(HistoryPage {
+                            heads: Some(BTreeMap::new()),
+                            ..HistoryPage::default()
+                        });
                     }
                     return Err(ChatError::UnknownChannel(c.clone()));
                 };
@@ -388,7 +407,10 @@ impl ChatState {
             HistoryTarget::User(u) => {
                 let Some(index) = self.direct_index.get(u) else {
                     if self.users.contains_key(u) {
-                        return Ok(HistoryPage::default());
+                        return Ok(HistoryPage {
+                            heads: Some(BTreeMap::new()),
+                            ..HistoryPage::default()
+                        });
                     }
                     return Err(ChatError::UnknownUser(u.clone()));
                 };
@@ -415,7 +437,33 @@ impl ChatState {
         Ok(HistoryPage {
             items: items.into_iter().map(|(_, p)| p).collect(),
             next,
+            heads: Some(self.heads(target)),
         })
+    }
+
+    /// Per origin, the highest sequence number of a visible post published on `target`'s
+    /// topic (a channel's posts; for a user, the private messages sent to them), counting
+    /// only the events held without a gap from that origin (sequence numbers up to
+    /// [`ChatState::applied_through`]): every visible post of that origin on the topic up to
+    /// that number is here. A copy hidden because it lost to an earlier copy of the same
+    /// request does not count. Origins with no such post are absent.
+    ///
+    /// Sequence numbers of one origin grow with the time it accepted the writes, so a
+    /// subscriber can tell from these what of an origin it has not seen yet, whatever the
+    /// Lamport clocks of different origins (see `chat_node::delivery`).
+    pub fn heads(&self, target: &HistoryTarget) -> BTreeMap<String, u64> {
+        let seqs = match target {
+            HistoryTarget::Channel(c) => self.channel_seqs.get(c),
+            HistoryTarget::User(u) => self.inbox_seqs.get(u),
+        };
+        let mut out = BTreeMap::new();
+        for (origin, set) in seqs.into_iter().flatten() {
+            let through = self.applied_through(origin);
+            if let Some(&seq) = set.range(..=through).next_back() {
+                out.insert(origin.clone(), seq);
+            }
+        }
+        out
     }
 
     /// A digest of the replicated content: equal on replicas that applied the same events.
@@ -424,6 +472,36 @@ impl ChatState {
     /// by `apply`, so reading it costs nothing whatever the size of the state.
     pub fn digest(&self) -> String {
         format!("{:016x}", self.digest_acc)
+    }
+}
+
+/// Records that `id` is a visible post on `topic`.
+fn add_seq(map: &mut BTreeMap<String, BTreeMap<String, BTreeSet<u64>>>, topic: &str, id: &EventId) {
+    map.entry(topic.to_string())
+        .or_default()
+        .entry(id.origin.clone())
+        .or_default()
+        .insert(id.seq);
+}
+
+/// Forgets that `origin/seq` is a visible post on `topic` (it was hidden).
+fn remove_seq(
+    map: &mut BTreeMap<String, BTreeMap<String, BTreeSet<u64>>>,
+    topic: &str,
+    origin: &str,
+    seq: u64,
+) {
+    let Some(origins) = map.get_mut(topic) else {
+        return;
+    };
+    if let Some(set) = origins.get_mut(origin) {
+        set.remove(&seq);
+        if set.is_empty() {
+            origins.remove(origin);
+        }
+    }
+    if origins.is_empty() {
+        map.remove(topic);
     }
 }
 
@@ -773,6 +851,64 @@ mod tests {
             .history(&HistoryTarget::User("caio".into()), None, 10)
             .unwrap();
         assert_eq!(caio.items.len(), 1);
+    }
+
+    #[test]
+    fn heads_follow_visible_posts_per_origin_and_topic() {
+        let mut s = ChatState::new();
+        let geral = HistoryTarget::Channel("geral".into());
+        let bia = HistoryTarget::User("bia".into());
+        let with_rid = |mut e: Event, rid: &str| {
+            e.request_id = Some(rid.into());
+            e
+        };
+        // A low Lamport clock does not matter: heads are per origin, by sequence number.
+        s.apply(&ev("a", 1, 50, post("geral", "ana", "a1")));
+        s.apply(&ev("a", 2, 51, post("tech", "ana", "a2")));
+        s.apply(&ev("b", 1, 3, post("geral", "ana", "b1")));
+        s.apply(&ev(
+            "b",
+            2,
+            4,
+            EventKind::DirectMessage {
+                src: "ana".into(),
+                dst: "bia".into(),
+                message: "oi".into(),
+            },
+        ));
+        let heads = |s: &ChatState, t: &HistoryTarget| s.heads(t).into_iter().collect::<Vec<_>>();
+        assert_eq!(heads(&s, &geral), [("a".into(), 1), ("b".into(), 1)]);
+        assert_eq!(heads(&s, &bia), [("b".into(), 2)]);
+        assert!(s.heads(&HistoryTarget::User("ana".into())).is_empty());
+        let page = s.history(&geral, None, 1).unwrap();
+        assert_eq!(page.heads, Some(s.heads(&geral)), "every page carries them");
+        // Only what is held without a gap counts: a/4 arrives before a/3.
+        s.apply(&ev("a", 4, 60, post("geral", "ana", "a4")));
+        assert_eq!(s.heads(&geral).get("a"), Some(&1));
+        s.apply(&ev("a", 3, 59, post("random", "ana", "a3")));
+        assert_eq!(s.heads(&geral).get("a"), Some(&4));
+        // A copy that loses to an earlier copy of its request is hidden: the head goes back.
+        s.apply(&with_rid(
+            ev("c", 1, 70, post("geral", "ana", "twice")),
+            "r",
+        ));
+        assert_eq!(s.heads(&geral).get("c"), Some(&1));
+        s.apply(&with_rid(ev("b", 3, 5, post("geral", "ana", "twice")), "r"));
+        assert_eq!(s.heads(&geral).get("c"), None);
+        assert_eq!(s.heads(&geral).get("b"), Some(&3));
+        // An empty channel has empty heads, not none.
+        s.apply(&ev(
+            "a",
+            5,
+            61,
+            EventKind::ChannelCreated {
+                channel: "vazio".into(),
+            },
+        ));
+        let empty = s
+            .history(&HistoryTarget::Channel("vazio".into()), None, 10)
+            .unwrap();
+        assert_eq!(empty.heads, Some(BTreeMap::new()));
     }
 
     #[test]

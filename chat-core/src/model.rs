@@ -6,6 +6,7 @@
 //! machine that applies events in [`crate::domain`]. Every other module of the crate may
 //! use this one; it uses only the leaves (clock bound, timestamps, errors).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::clock::LamportClock;
@@ -244,6 +245,11 @@ pub struct HistoryPage {
     pub items: Vec<Publication>,
     /// Cursor for the next (older) page, when there is one.
     pub next: Option<String>,
+    /// Per origin, the highest sequence number of a visible post on the topic (a channel's,
+    /// or, for a user's history, the posts sent to that user) among the events the server
+    /// holds without a gap from that origin ([`crate::ChatState::heads`]); `None` from
+    /// servers that do not send it.
+    pub heads: Option<BTreeMap<String, u64>>,
 }
 
 /// A private message as published on the recipient's topic and kept in history.

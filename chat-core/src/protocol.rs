@@ -1135,6 +1135,7 @@ impl ReplyEnvelope {
             Reply::History(page) => {
                 d.messages = Some(page.items.iter().map(Publication::to_wire).collect());
                 d.next = page.next.clone();
+                d.heads = page.heads.clone();
             }
             Reply::Status(s) => d.server = Some((**s).clone()),
             Reply::Rank(r) => d.rank = Some(*r),
@@ -1200,6 +1201,7 @@ impl ReplyEnvelope {
                         .map(|p| Publication::from_wire(p, None))
                         .collect::<Result<_, _>>()?,
                     next: d.next,
+                    heads: d.heads,
                 }),
                 Some(Service::Status) => Reply::Status(Box::new(
                     d.server

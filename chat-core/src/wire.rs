@@ -75,6 +75,10 @@ pub struct WireData {
     /// `history` reply: cursor of the next (older) page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+    /// `history` reply: per origin, the highest sequence number of a visible post on the
+    /// topic that the server holds without a gap from that origin (see `docs/protocol.md`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heads: Option<BTreeMap<String, u64>>,
     /// `history` request: only items before this cursor.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub before: Option<String>,

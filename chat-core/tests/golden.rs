@@ -362,6 +362,7 @@ fn encode_table() -> Vec<(&'static str, Typed)> {
                         Publication::Channel(channel_post("ana", &"é".repeat(150), 255, None)),
                     ],
                     next: Some("19.7.server-1".into()),
+                    heads: None,
                 }),
                 25,
             ),

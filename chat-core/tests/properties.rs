@@ -21,7 +21,7 @@ use chat_core::{
     EventKind, HistoryPage, HistoryTarget, Meta, Publication, Reply, ReplyEnvelope, Request,
     RequestEnvelope, ServerInfo, ServerStatus, Service, Timestamp,
 };
-use proptest::collection::vec;
+use proptest::collection::{btree_map, vec};
 use proptest::option;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -332,9 +332,13 @@ fn reply() -> impl Strategy<Value = (String, Reply)> {
         (
             service(Service::History),
             vec(publication(), 0..4),
-            option::of(text())
+            option::of(text()),
+            option::of(btree_map(text(), any::<u64>(), 0..4))
         )
-            .prop_map(|(s, items, next)| (s, Reply::History(HistoryPage { items, next }))),
+            .prop_map(|(s, items, next, heads)| (
+                s,
+                Reply::History(HistoryPage { items, next, heads })
+            )),
         (service(Service::Status), server_status())
             .prop_map(|(s, st)| (s, Reply::Status(Box::new(st)))),
         (service(Service::Rank), any::<u64>()).prop_map(|(s, r)| (s, Reply::Rank(r))),
@@ -464,6 +468,12 @@ proptest! {
                 prop_assert_eq!(&decode_publication(p.topic(), &bytes).expect("decode"), &p);
             }
         }
+    }
+}
+
+fn target_name(t: &HistoryTarget) -> &str {
+    match t {
+        HistoryTarget::Channel(n) | HistoryTarget::User(n) => n,
     }
 }
 
@@ -1066,6 +1076,21 @@ proptest! {
                     .flat_map(|p| p.items)
                     .collect();
                 prop_assert_eq!(&paged, &page.items);
+                // `heads`: per origin, the highest visible item on the topic among the
+                // events held without a gap from that origin; the same on both replicas.
+                let mut heads = std::collections::BTreeMap::new();
+                for p in &page.items {
+                    if p.topic() != target_name(target) {
+                        continue; // a user's history also holds what they sent
+                    }
+                    let st = stamp_of(p);
+                    if st.seq <= sa.applied_through(&st.origin) {
+                        let h = heads.entry(st.origin.clone()).or_insert(0);
+                        *h = (*h).max(st.seq);
+                    }
+                }
+                prop_assert_eq!(page.heads.as_ref(), Some(&heads));
+                prop_assert_eq!(sa.heads(target), sb.heads(target));
                 if let HistoryTarget::Channel(_) = target {
                     posts_seen += page.items.len();
                 }

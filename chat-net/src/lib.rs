@@ -12,9 +12,9 @@
 //! - [`server`]: the server runtime: one `zmq::poll` loop and a writer thread driving
 //!   `chat_node::server::ServerCore`, which decides everything.
 //! - [`client`]: the client SDK: typed requests with Lazy Pirate retries, exact-topic
-//!   subscriptions delivered over a `crossbeam-channel`, exactly once and gap-free (the
-//!   driver of `chat_node::delivery::Delivery`: repeats dropped, losses repaired from
-//!   `history` on the subscriber's own REQ socket).
+//!   subscriptions delivered over a `crossbeam-channel`, exactly once and gap-free from
+//!   each subscription's baseline (the driver of `chat_node::delivery::Delivery`: repeats
+//!   dropped, losses repaired from `history` on the subscriber's own REQ socket).
 //! - `sockets` (private): socket options applied everywhere (linger, high-water marks).
 //! - [`cluster`]: a whole cluster on threads of one process, on OS-chosen loopback ports
 //!   (for `chat-bench`, examples and tests).

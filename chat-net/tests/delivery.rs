@@ -2,8 +2,10 @@
 //! socket the test publishes on, or drops and binds again) and a scripted broker (a ROUTER
 //! that answers `history` from the test's list): repeats and loser copies are dropped, a
 //! gap is filled from history, a reconnection of the SUB socket and a lost tail are
-//! repaired. Every wait has a deadline.
+//! repaired (also from a broker whose history replies carry no `heads`, as older servers
+//! answer), and the guarantee starts when the baseline answered. Every wait has a deadline.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chat_core::protocol::{decode_request, encode_publication, encode_reply};
@@ -40,6 +42,8 @@ struct Fake {
     history: Vec<Publication>,
     /// `history` requests answered.
     reads: usize,
+    /// Answer with `heads` (false: like an older server).
+    heads: bool,
 }
 
 impl Fake {
@@ -61,6 +65,7 @@ impl Fake {
             router_endpoint,
             history: Vec::new(),
             reads: 0,
+            heads: true,
         }
     }
 
@@ -131,9 +136,18 @@ impl Fake {
             let start = older.len().saturating_sub(limit as usize);
             let items: Vec<Publication> = older[start..].iter().map(|p| (*p).clone()).collect();
             let next = (start > 0).then(|| items[0].stamp().unwrap().cursor());
+            let mut heads = BTreeMap::new();
+            for id in self.history.iter().filter_map(Publication::event_id) {
+                let h = heads.entry(id.origin).or_insert(0);
+                *h = id.seq.max(*h);
+            }
             let reply = ReplyEnvelope {
                 service: "history".into(),
-                reply: Reply::History(HistoryPage { items, next }),
+                reply: Reply::History(HistoryPage {
+                    items,
+                    next,
+                    heads: self.heads.then_some(heads),
+                }),
                 meta: Meta::default(),
             };
             let mut out = frames[..frames.len() - 1].to_vec();
@@ -247,6 +261,9 @@ fn client_repairs_what_was_lost_while_the_proxy_restarted() {
 #[test]
 fn subscriber_repairs_a_lost_tail_with_its_periodic_check() {
     let mut fake = Fake::start();
+    // An older broker's servers: no `heads` in history replies (a tail on the first page of
+    // a check is still found).
+    fake.heads = false;
     let cfg = fake.config(DeliveryConfig {
         check_interval: Duration::from_millis(300),
         ..DeliveryConfig::default()
@@ -298,4 +315,47 @@ fn a_subscriber_without_a_broker_drops_repeats_only() {
     let s = sub.delivery_stats();
     assert_eq!((s.gaps, s.repaired, s.pages), (1, 0, 0));
     assert_eq!(fake.reads, 0);
+}
+
+#[test]
+fn the_guarantee_starts_when_the_baseline_answered() {
+    let mut fake = Fake::start();
+    // Committed before the subscription: the past, never delivered.
+    fake.store(&post(1, "r1", None));
+    let client = Client::connect(fake.config(DeliveryConfig {
+        check_interval: Duration::from_secs(60),
+        ..DeliveryConfig::default()
+    }))
+    .unwrap();
+    client.subscribe(CH).unwrap();
+    // Nobody answers history yet: no baseline.
+    assert!(matches!(
+        client.wait_for_baseline(CH, Duration::from_millis(50)),
+        Err(chat_net::client::ClientError::Timeout { .. })
+    ));
+    assert_eq!(client.baselined_at(CH), None);
+    let at = fake.until("the baseline", |_| client.baselined_at(CH));
+    assert_eq!(client.wait_for_baseline(CH, Duration::ZERO).unwrap(), at);
+    assert!(client
+        .subscribe_with_baseline(CH, Duration::from_secs(1))
+        .is_ok_and(|t| t == at));
+    // After it: s2 committed and lost live; s3 names it (sent until the SUB socket is live).
+    fake.store(&post(2, "r2", None));
+    let mut got = Vec::new();
+    fake.until("the gap to be filled", |fake| {
+        fake.publish(&post(3, "r3", Some(2)), true);
+        got.extend(client.events().try_iter());
+        (ids(&got).len() == 2).then_some(())
+    });
+    assert_eq!(ids(&got), ["server-1/3", "server-1/2"]);
+    let s = client.delivery_stats();
+    assert_eq!((s.baselines, s.repaired), (1, 1), "{s:?}");
+    // A Subscriber tells the same on its own thread.
+    let mut sub = Subscriber::with_config(&fake.config(DeliveryConfig::default())).unwrap();
+    sub.subscribe(CH).unwrap();
+    assert_eq!(sub.baselined_at(CH), None);
+    let at = fake.until("the subscriber's baseline", |_| {
+        sub.wait_for_baseline(CH, Duration::from_millis(5)).unwrap()
+    });
+    assert_eq!(sub.baselined_at(CH), Some(at));
 }

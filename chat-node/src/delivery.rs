@@ -1,30 +1,46 @@
 //! Live delivery for a subscriber, with no IO: [`Delivery`] makes what a client receives on
-//! its subscribed topics exactly once and gap-free.
+//! its subscribed topics exactly once and gap-free, from the moment each topic's baseline
+//! read answered ([`Delivery::baselined_at`]).
 //!
 //! Pub/sub loses what is in flight (a proxy restart, a subscriber that reconnects, a server
 //! that dies between its commit and its publication) and a write accepted twice (a retry
 //! that reached a second server before the first copy was replicated) may be published
 //! twice. Publications carry what a subscriber needs to fix both (`docs/replication.md`,
 //! "Live delivery"): the event id `origin/seq`, the write's request id `rid`, and `prev`, the
-//! sequence number of the previous publication of the same origin on the same topic.
+//! sequence number of the previous publication of the same origin on the same topic;
+//! `history` replies carry `heads`, per origin the highest sequence number of a visible
+//! post on the topic that the answering server holds without a gap from that origin.
 //!
-//! Per subscribed topic the core:
+//! Everything is reckoned **per origin, by sequence number**: an origin numbers its events
+//! in the order it accepts them, so within one origin sequence order is the order of
+//! acceptance, whatever the Lamport clocks of other origins (a server cut off from the
+//! others keeps a low clock, so clocks do not order commits across servers). Per subscribed
+//! topic and per origin the core keeps `covered`: every post of that origin on the topic
+//! with a sequence number up to it was delivered, or is older than the subscription.
 //!
-//! - **drops repeats**: a publication whose event id, or whose request id, was already
-//!   delivered (a window of the newest [`DeliveryConfig::window`] deliveries per topic);
-//! - **notices gaps**: per origin it keeps the last sequence number seen on the topic; a
-//!   publication whose `prev` is beyond it means something was lost in between;
-//! - **repairs from history**: on a gap, when the driver reports that the SUB socket
-//!   reconnected ([`Delivery::handle_reconnect`]), and every
-//!   [`DeliveryConfig::check_interval`] (a lost tail has no successor to reveal it), it asks
-//!   for `history` pages of the topic ([`Delivery::poll_fetch`]), newest first, paging back
-//!   as far as needed (at most [`DeliveryConfig::max_pages`]), and delivers what it had not
-//!   delivered yet ([`Delivery::handle_history`]).
+//! - **Baseline**: on subscription the first history page is read and never delivered; its
+//!   `heads` are the first `covered` (what the answering server held is the past). From the
+//!   moment it answered, a write whose request is sent later is accepted with a higher
+//!   sequence number than its origin's head there, so it is delivered, once.
+//! - **Repeats** are dropped by event id and by request id (a window of the newest
+//!   [`DeliveryConfig::window`] deliveries per topic).
+//! - **Gaps**: a live publication whose `prev` is above its origin's `covered` reveals a
+//!   loss; it is kept as a *hole* (`prev` is missing, the publication itself is not).
+//!   `covered` moves up along the chain: a publication whose `prev` is covered covers it.
+//! - **Tails**: a history reply whose `heads` show an origin above its `covered` reveals
+//!   what nothing live revealed (a lost tail, a post lost before anything followed it).
+//! - **Repairs** read `history` newest first ([`Delivery::poll_fetch`]) and page back until,
+//!   for every origin wanted, an item of that origin at or below its `covered` (or the end
+//!   of history); every item above its origin's `covered` not delivered yet is delivered
+//!   ([`Delivery::handle_history`]). Then `covered` rises to the smallest head the pages
+//!   showed for that origin (every visible post of it up to there was on the pages).
+//!   Triggers: a hole (after [`DeliveryConfig::gap_delay`]), a reconnection of the SUB
+//!   socket ([`Delivery::handle_reconnect`]), and a periodic check every
+//!   [`DeliveryConfig::check_interval`], which costs one small read when nothing is missing.
 //!
-//! On subscription the first history page is a **baseline** (the zguide "Clone" pattern):
-//! what history holds then is the past, never delivered; its newest position is the topic's
-//! *floor*. Repairs deliver only items above the floor. When the window forgets an item, the
-//! floor rises to it, so memory stays bounded and nothing forgotten is delivered again.
+//! A server that sends no `heads` (an older one) still works, degraded: the baseline's
+//! heads are taken from its items, an origin first heard of after the baseline starts where
+//! it is first heard of, and a check sees a lost tail only within its first page.
 //!
 //! Inputs are `handle_*` calls with the time passed in; outputs come from `poll_*`. One
 //! history read is in flight at a time: the driver sends the [`Fetch`] that
@@ -32,60 +48,53 @@
 //! page, or the error code, [`ErrorCode::Timeout`] when nobody answered), and asks for the
 //! next fetch only then. After every input it drains [`Delivery::poll_delivery`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use chat_core::{
-    ErrorCode, EventId, HistoryPage, HistoryTarget, Publication, Stamp, TOPIC_REPLICATION,
-    TOPIC_SERVERS,
+    ErrorCode, EventId, HistoryPage, HistoryTarget, Publication, TOPIC_REPLICATION, TOPIC_SERVERS,
 };
 
-/// How often each topic's recent history is read for losses nothing else revealed.
+/// How often each topic's history heads are read for losses nothing else revealed.
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(3);
-/// How far back in time a periodic or reconnect check reads.
-pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(10);
 /// Deliveries remembered per topic to drop repeats.
 pub const DEFAULT_WINDOW: usize = 10_000;
-/// Items asked per history page.
+/// Items asked per history page (after the first page of a read).
 pub const DEFAULT_PAGE_LIMIT: u32 = 500;
-/// Most pages one check reads back.
+/// Most pages one read goes back.
 pub const DEFAULT_MAX_PAGES: u32 = 40;
-/// Items asked in the first page of a check (a quiet topic needs no more; a busy one pages
-/// on with [`DeliveryConfig::page_limit`]).
+/// Items asked in the first page of a repair (something is known to be missing: it is
+/// usually among the newest items; a busy topic pages on with
+/// [`DeliveryConfig::page_limit`]).
 pub const FIRST_PAGE_LIMIT: u32 = 64;
-/// Most gaps waiting for their repair per topic (the oldest is given up beyond).
-pub const MAX_WANTED: usize = 1024;
+/// Items asked in a baseline, and in the first page of a check with nothing known to be
+/// missing (its `heads` tell whether anything is).
+pub const CHECK_PAGE_LIMIT: u32 = 16;
+/// Most holes waiting for their repair per origin and topic (the oldest is given up beyond).
+pub const MAX_WANTED: usize = 64;
 /// Most origins tracked per topic (the one heard of longest ago is forgotten beyond).
 pub const MAX_ORIGINS: usize = 1024;
-/// Most check marks kept per topic (see [`DeliveryConfig::lookback`]).
-const MAX_MARKS: usize = 256;
 /// How soon a failed history read is tried again.
 const FETCH_RETRY: Duration = Duration::from_millis(500);
-/// How many checks look for the predecessor of a publication from an origin never seen on
-/// the topic before (it is usually older than the subscription).
-const UNKNOWN_ORIGIN_ATTEMPTS: u32 = 2;
 
 /// How [`Delivery`] is tuned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryConfig {
     /// Repair from history; false: drop repeats only (no history reads at all).
     pub repair: bool,
-    /// How often each topic's history is read for lost tails.
+    /// How often each topic's history heads are read for lost tails.
     pub check_interval: Duration,
-    /// How far back (in time) a periodic or reconnect check reads: down to the newest
-    /// item a check saw at least this long ago.
-    pub lookback: Duration,
     /// Wait between a noticed gap and the history read (gaps noticed together merge).
     pub gap_delay: Duration,
     /// Wait after the SUB socket reconnected before reading history.
     pub reconnect_delay: Duration,
-    /// First wait before a gap history did not show yet is looked for again (doubles).
+    /// First wait before a loss history did not show yet is looked for again (doubles).
     pub gap_retry: Duration,
-    /// How many checks look for a gap before it is given up (counted `unresolved`).
+    /// How many reads look for a loss before it is given up (counted `unresolved`).
     pub gap_attempts: u32,
     /// Items asked per history page.
     pub page_limit: u32,
-    /// Most pages one check reads back (counted `truncated` when reached).
+    /// Most pages one read goes back (counted `truncated` when reached).
     pub max_pages: u32,
     /// Deliveries remembered per topic (event ids and request ids).
     pub window: usize,
@@ -98,7 +107,6 @@ impl Default for DeliveryConfig {
         DeliveryConfig {
             repair: true,
             check_interval: DEFAULT_CHECK_INTERVAL,
-            lookback: DEFAULT_LOOKBACK,
             gap_delay: Duration::from_millis(20),
             reconnect_delay: Duration::from_millis(300),
             gap_retry: Duration::from_millis(250),
@@ -112,7 +120,7 @@ impl Default for DeliveryConfig {
 }
 
 impl DeliveryConfig {
-    /// Drop repeats only: no history reads (a subscriber without a broker to ask).
+    /// Drop repeats only: no history reads at all (a subscriber without a broker to ask).
     pub fn dedup_only() -> Self {
         DeliveryConfig {
             repair: false,
@@ -142,19 +150,23 @@ pub struct Fetch {
 pub struct DeliveryStats {
     /// Publications handed to the application (live and repaired).
     pub delivered: u64,
-    /// Of those, found in history (lost live, or not yet arrived when a check read them).
+    /// Of those, found in history (lost live, or not yet arrived when a read found them).
     pub repaired: u64,
     /// Publications dropped because the same event was already delivered.
     pub duplicates: u64,
     /// Publications dropped because another copy of the same request (another event id,
     /// same `rid`) was already delivered.
     pub losers: u64,
-    /// Gaps noticed from `prev` (including a first publication of an origin whose
-    /// predecessor was not known).
+    /// Gaps noticed from `prev` (a live publication whose predecessor was not delivered).
     pub gaps: u64,
-    /// Gaps given up after [`DeliveryConfig::gap_attempts`] checks did not show them.
+    /// Origins whose head in a history reply was above what was delivered of them (a lost
+    /// tail, or a post still in flight).
+    pub tails: u64,
+    /// Losses given up after [`DeliveryConfig::gap_attempts`] reads did not show them (a
+    /// copy that lost to an earlier copy of its request is never shown), or forgotten
+    /// beyond [`MAX_WANTED`].
     pub unresolved: u64,
-    /// History checks started (baselines included).
+    /// History reads started (baselines included; a read may have several pages).
     pub checks: u64,
     /// Baselines read (one per subscription, once history answered).
     pub baselines: u64,
@@ -162,11 +174,11 @@ pub struct DeliveryStats {
     pub pages: u64,
     /// History reads that failed or timed out (each is tried again).
     pub fetch_failures: u64,
-    /// Checks that stopped at [`DeliveryConfig::max_pages`].
+    /// Reads that stopped at [`DeliveryConfig::max_pages`].
     pub truncated: u64,
     /// Reconnections of the SUB socket reported by the driver.
     pub reconnects: u64,
-    /// The longest time from noticing a gap to delivering what filled it.
+    /// The longest time from noticing a loss to delivering what filled it.
     pub slowest_gap_repair: Duration,
 }
 
@@ -177,36 +189,41 @@ enum Kind {
     User,
 }
 
-/// The newest deliveries of a topic, by history position, with their request ids.
+/// The newest deliveries of a topic, in the order they were delivered, with their request
+/// ids.
 #[derive(Debug, Default)]
 struct Window {
-    by_stamp: BTreeMap<Stamp, Option<String>>,
+    order: VecDeque<EventId>,
+    ids: HashSet<EventId>,
     rids: HashMap<String, u32>,
+    rid_of: HashMap<EventId, String>,
 }
 
 impl Window {
-    fn contains(&self, s: &Stamp) -> bool {
-        self.by_stamp.contains_key(s)
+    fn contains(&self, id: &EventId) -> bool {
+        self.ids.contains(id)
     }
 
     fn has_rid(&self, rid: &str) -> bool {
         self.rids.contains_key(rid)
     }
 
-    fn insert(&mut self, s: Stamp, rid: Option<&str>) {
-        if self.by_stamp.contains_key(&s) {
+    fn insert(&mut self, id: EventId, rid: Option<&str>) {
+        if !self.ids.insert(id.clone()) {
             return;
         }
         if let Some(r) = rid {
             *self.rids.entry(r.to_string()).or_default() += 1;
+            self.rid_of.insert(id.clone(), r.to_string());
         }
-        self.by_stamp.insert(s, rid.map(str::to_string));
+        self.order.push_back(id);
     }
 
-    /// Forgets the oldest entry; returns its position.
-    fn evict(&mut self) -> Option<Stamp> {
-        let (s, rid) = self.by_stamp.pop_first()?;
-        if let Some(r) = rid {
+    /// Forgets the oldest delivery; returns it.
+    fn evict(&mut self) -> Option<EventId> {
+        let id = self.order.pop_front()?;
+        self.ids.remove(&id);
+        if let Some(r) = self.rid_of.remove(&id) {
             if let Some(n) = self.rids.get_mut(&r) {
                 *n -= 1;
                 if *n == 0 {
@@ -214,23 +231,87 @@ impl Window {
                 }
             }
         }
-        Some(s)
+        Some(id)
     }
 
     fn len(&self) -> usize {
-        self.by_stamp.len()
+        self.order.len()
     }
 }
 
-/// An event that should exist on the topic (a publication named it as `prev`).
-#[derive(Debug)]
+/// A loss being looked for: since when, which reads count for it, how many did.
+#[derive(Debug, Clone, Copy)]
 struct Want {
-    /// Its position is above this one (the origin's last seen); `None`: above the floor.
-    bound: Option<Stamp>,
-    /// Checks numbered above this one look for it.
+    since: Instant,
+    /// Reads numbered above this one count as attempts.
     after: u64,
     attempts: u32,
-    since: Instant,
+}
+
+/// What is known of one origin on one topic.
+#[derive(Debug, Default)]
+struct Origin {
+    /// Every post of this origin on the topic up to this sequence number was delivered, or
+    /// is older than the subscription (or was forgotten by the window).
+    covered: u64,
+    /// Holes: live publications above `covered` whose predecessor is not covered, as
+    /// `prev -> seq` (`prev` is missing; the origin is known contiguous from `prev` to
+    /// `seq` on the topic).
+    holes: BTreeMap<u64, u64>,
+    /// A history reply showed this origin's head on the topic here, above `covered`.
+    tail: u64,
+    want: Option<Want>,
+    /// When it was last heard of (a counter of the topic), to forget the oldest origin.
+    heard: u64,
+}
+
+impl Origin {
+    fn wanted(&self) -> bool {
+        !self.holes.is_empty() || self.tail > self.covered
+    }
+
+    /// Raises `covered` to `seq` and follows the holes it fills.
+    fn cover(&mut self, seq: u64) {
+        self.covered = self.covered.max(seq);
+        while let Some((&prev, &seq)) = self.holes.first_key_value() {
+            if prev > self.covered {
+                break;
+            }
+            self.holes.pop_first();
+            self.covered = self.covered.max(seq);
+        }
+        if self.tail <= self.covered {
+            self.tail = 0;
+        }
+    }
+
+    /// Records that `prev` is missing and that the origin is contiguous from `prev` to
+    /// `seq`; returns whether that is a new hole (not the chain going on from one), and the
+    /// number of holes given up to stay within [`MAX_WANTED`].
+    fn add_hole(&mut self, prev: u64, seq: u64) -> (bool, u64) {
+        let (mut start, mut end) = (prev, seq);
+        // A hole whose publication was `prev`: the chain goes on from it.
+        let goes_on = self
+            .holes
+            .iter()
+            .find_map(|(&k, &v)| (v == prev).then_some(k));
+        if let Some(k) = goes_on {
+            self.holes.remove(&k);
+            start = k;
+        }
+        // A hole whose missing event is `seq` (arrived out of order): it is here now.
+        if let Some(v) = self.holes.remove(&seq) {
+            end = end.max(v);
+        }
+        let e = self.holes.entry(start).or_insert(end);
+        *e = (*e).max(end);
+        let mut dropped = 0;
+        while self.holes.len() > MAX_WANTED {
+            self.holes.pop_first();
+            dropped += 1;
+        }
+        (goes_on.is_none(), dropped)
+    }
 }
 
 #[derive(Debug)]
@@ -238,19 +319,18 @@ struct Topic {
     kind: Kind,
     /// The baseline was read (or there is no history to read).
     baselined: bool,
-    /// Items at or below this position are settled: never delivered by a repair.
-    floor: Option<Stamp>,
+    /// When the baseline read answered.
+    baselined_at: Option<Instant>,
+    /// The baseline came with `heads` (a server that sends them): an origin unknown then
+    /// had no post on the topic.
+    exact: bool,
     window: Window,
-    /// Per origin, the newest of its events seen on the topic.
-    heads: HashMap<String, Stamp>,
-    wanted: BTreeMap<EventId, Want>,
-    /// When the next check is due, and how far down it reads (`None`: to the floor).
+    origins: BTreeMap<String, Origin>,
+    heard: u64,
+    /// When the next read is due.
     due: Option<Instant>,
-    due_bound: Option<Stamp>,
     next_check: Instant,
-    /// (when a complete check started, the newest item it saw), oldest first.
-    marks: VecDeque<(Instant, Stamp)>,
-    /// Checks started on this topic.
+    /// Reads started on this topic.
     checks: u64,
 }
 
@@ -259,14 +339,13 @@ impl Topic {
         Topic {
             kind: Kind::Unknown,
             baselined: !cfg.repair,
-            floor: None,
+            baselined_at: None,
+            exact: false,
             window: Window::default(),
-            heads: HashMap::new(),
-            wanted: BTreeMap::new(),
+            origins: BTreeMap::new(),
+            heard: 0,
             due: cfg.repair.then_some(now),
-            due_bound: None,
             next_check: now + cfg.check_interval,
-            marks: VecDeque::new(),
             checks: 0,
         }
     }
@@ -280,86 +359,62 @@ impl Topic {
         }
     }
 
-    /// A check at `at` at the latest, reading down to `bound` at least.
-    fn schedule(&mut self, at: Instant, bound: Option<Stamp>) {
-        match self.due {
-            None => {
-                self.due = Some(at);
-                self.due_bound = bound;
-            }
-            Some(d) => {
-                self.due = Some(d.min(at));
-                // `None` (to the floor) is the deepest.
-                self.due_bound = self.due_bound.take().min(bound);
-            }
-        }
+    /// A read at `at` at the latest.
+    fn schedule(&mut self, at: Instant) {
+        self.due = Some(self.due.map_or(at, |d| d.min(at)));
     }
 
-    fn settled(&self, s: &Stamp) -> bool {
-        self.floor.as_ref().is_some_and(|f| s <= f)
-    }
-
-    fn raise_floor(&mut self, s: Stamp) {
-        if self.floor.as_ref().is_none_or(|f| &s > f) {
-            self.floor = Some(s);
-        }
-    }
-
-    fn note_head(&mut self, s: &Stamp) {
-        match self.heads.get_mut(&s.origin) {
-            Some(h) => {
-                if s.seq > h.seq {
-                    *h = s.clone();
-                }
-            }
-            None => {
-                if self.heads.len() >= MAX_ORIGINS {
-                    let oldest = self.heads.values().min().cloned();
-                    if let Some(o) = oldest {
-                        self.heads.remove(&o.origin);
-                    }
-                }
-                self.heads.insert(s.origin.clone(), s.clone());
+    /// The state of `origin`, created if new (the origin heard of longest ago is forgotten
+    /// beyond [`MAX_ORIGINS`]).
+    fn origin(&mut self, origin: &str) -> &mut Origin {
+        self.heard += 1;
+        if !self.origins.contains_key(origin) && self.origins.len() >= MAX_ORIGINS {
+            let oldest = self
+                .origins
+                .iter()
+                .min_by_key(|(_, o)| o.heard)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.origins.remove(&k);
             }
         }
+        let heard = self.heard;
+        let o = self.origins.entry(origin.to_string()).or_default();
+        o.heard = heard;
+        o
     }
 
-    fn remember(&mut self, s: Stamp, rid: Option<&str>, cap: usize) {
-        self.window.insert(s, rid);
+    /// Remembers a delivery; a delivery the window forgets counts as covered.
+    fn remember(&mut self, id: EventId, rid: Option<&str>, cap: usize) {
+        self.window.insert(id, rid);
         while self.window.len() > cap.max(1) {
             if let Some(old) = self.window.evict() {
-                self.raise_floor(old);
+                if let Some(o) = self.origins.get_mut(&old.origin) {
+                    o.cover(old.seq);
+                }
             }
         }
-    }
-
-    /// Where a periodic or reconnect check may stop: the newest item a complete check saw
-    /// at least `lookback` ago (`None`: the floor).
-    fn lookback_bound(&mut self, now: Instant, lookback: Duration) -> Option<Stamp> {
-        let cutoff = now.checked_sub(lookback)?;
-        let i = self.marks.iter().rposition(|(at, _)| *at <= cutoff)?;
-        self.marks.drain(..i);
-        self.marks.front().map(|(_, s)| s.clone())
     }
 }
 
-/// A history check in progress (one page asked at a time).
+/// A history read in progress (one page asked at a time).
 #[derive(Debug)]
 struct Sweep {
     /// Id of the page asked (or about to be).
     id: u64,
     topic: String,
-    /// The topic's check number.
+    /// The topic's read number.
     number: u64,
     baseline: bool,
     /// What is asked: a channel's history or a user's.
     probe: Kind,
-    /// Read down to here (`None`: to the floor).
-    bound: Option<Stamp>,
+    /// Origins to read back for, down to an item at or below this sequence number.
+    pending: BTreeMap<String, u64>,
+    /// Per origin, the smallest head the pages showed (`None` before the first page).
+    heads: Option<BTreeMap<String, u64>>,
+    /// Items asked in the first page.
+    first_limit: u32,
     pages: u32,
-    started: Instant,
-    /// The newest item of the first page.
-    newest: Option<Stamp>,
     before: Option<String>,
     /// When the page was handed to the driver (`None`: not yet).
     sent: Option<Instant>,
@@ -406,16 +461,22 @@ impl Delivery {
         self.topics.contains_key(topic)
     }
 
+    /// When `topic`'s baseline read answered: every write whose request is sent after it is
+    /// delivered exactly once (`None`: not yet, not subscribed, or no repair configured).
+    pub fn baselined_at(&self, topic: &str) -> Option<Instant> {
+        self.topics.get(topic).and_then(|t| t.baselined_at)
+    }
+
     /// Request ids and event ids remembered for `topic` (bounded by the window).
     pub fn remembered(&self, topic: &str) -> usize {
         self.topics.get(topic).map_or(0, |t| t.window.len())
     }
 
-    /// Whether every subscribed topic has its baseline and no gap waits for a repair.
+    /// Whether every subscribed topic has its baseline and no loss waits for a repair.
     pub fn is_settled(&self) -> bool {
         self.topics
             .values()
-            .all(|t| t.baselined && t.wanted.is_empty())
+            .all(|t| t.baselined && t.origins.values().all(|o| !o.wanted()))
     }
 
     // ----- application commands -----------------------------------------------------
@@ -451,49 +512,53 @@ impl Delivery {
             return;
         };
         t.learn_kind(&p);
-        let Some(stamp) = p.stamp() else {
+        let Some(id) = p.event_id() else {
             // No event id (a seed server): nothing to compare; deliver as it comes.
             self.stats.delivered += 1;
             self.out.push_back(p);
             return;
         };
-        if t.window.contains(&stamp) {
+        if t.window.contains(&id) {
             self.stats.duplicates += 1;
             return;
         }
-        if let Some(prev) = p.prev() {
-            let gap = match t.heads.get(&stamp.origin) {
-                Some(h) if prev > h.seq => Some(Some(h.clone())),
-                Some(_) => None,
-                // The origin was not seen on the topic yet: its predecessor may be older
-                // than the subscription, or lost; a check down to the floor tells.
-                None => (t.baselined && prev > 0).then_some(None),
-            };
-            if let Some(bound) = gap {
-                self.stats.gaps += 1;
-                if self.cfg.repair {
-                    want(
-                        t,
-                        &mut self.stats,
-                        EventId {
-                            origin: stamp.origin.clone(),
-                            seq: prev,
-                        },
-                        bound.clone(),
-                        now,
-                    );
-                    t.schedule(now + self.cfg.gap_delay, bound);
+        let (repair, baselined, exact) = (self.cfg.repair, t.baselined, t.exact);
+        let known = t.origins.contains_key(&id.origin);
+        let checks = t.checks;
+        let o = t.origin(&id.origin);
+        match p.prev() {
+            Some(prev) if prev > o.covered => {
+                if !repair {
+                    // A gap, with nothing to repair it with.
+                    self.stats.gaps += 1;
+                    o.cover(id.seq);
+                } else if baselined && !exact && !known {
+                    // An origin first heard of after a baseline without heads: its past
+                    // cannot be told from a loss; it starts here.
+                    o.cover(id.seq);
+                } else {
+                    let (new, dropped) = o.add_hole(prev, id.seq);
+                    self.stats.unresolved += dropped;
+                    if baselined {
+                        // Before the baseline the hole may be the past: counted then.
+                        self.stats.gaps += u64::from(new);
+                        o.want.get_or_insert(Want {
+                            since: now,
+                            after: checks,
+                            attempts: 0,
+                        });
+                        t.schedule(now + self.cfg.gap_delay);
+                    }
                 }
             }
+            // The chain goes on (or an older server that does not send `prev`).
+            _ => {
+                o.cover(id.seq);
+                settle(o, now, &mut self.stats);
+            }
         }
-        let event = EventId {
-            origin: stamp.origin.clone(),
-            seq: stamp.seq,
-        };
-        found(t, &mut self.stats, &event, now);
-        t.note_head(&stamp);
         let repeat = p.rid().is_some_and(|r| t.window.has_rid(r));
-        t.remember(stamp, p.rid(), self.cfg.window);
+        t.remember(id, p.rid(), self.cfg.window);
         if repeat {
             self.stats.losers += 1;
             return;
@@ -509,10 +574,9 @@ impl Delivery {
         if !self.cfg.repair {
             return;
         }
-        let (delay, lookback) = (self.cfg.reconnect_delay, self.cfg.lookback);
+        let delay = self.cfg.reconnect_delay;
         for t in self.topics.values_mut().filter(|t| t.baselined) {
-            let bound = t.lookback_bound(now, lookback);
-            t.schedule(now + delay, bound);
+            t.schedule(now + delay);
         }
     }
 
@@ -531,7 +595,13 @@ impl Delivery {
             return;
         };
         let page = match result {
-            Ok(page) => page,
+            Ok(page) => {
+                if t.kind == Kind::Unknown {
+                    // It answered: the channel (or user) exists.
+                    t.kind = s.probe;
+                }
+                page
+            }
             Err(ErrorCode::UnknownChannel)
                 if t.kind == Kind::Unknown && s.probe == Kind::Channel =>
             {
@@ -544,79 +614,146 @@ impl Delivery {
                 return;
             }
             Err(ErrorCode::UnknownChannel | ErrorCode::UnknownUser) => {
-                // No such channel or user (yet): no history, nothing to repair.
-                HistoryPage::default()
+                // No such channel or user (yet, on that server): nothing posted there.
+                HistoryPage {
+                    heads: Some(BTreeMap::new()),
+                    ..HistoryPage::default()
+                }
             }
             Err(_) => {
                 self.stats.fetch_failures += 1;
-                t.schedule(now + FETCH_RETRY, s.bound.clone());
+                t.schedule(now + FETCH_RETRY);
                 return;
             }
         };
-        if t.kind == Kind::Unknown && !page.items.is_empty() {
-            t.kind = s.probe;
-        }
         s.pages += 1;
         let topic = s.topic.clone();
-        let mut oldest: Option<Stamp> = None;
-        let mut newest: Option<Stamp> = None;
-        let mut items = Vec::with_capacity(page.items.len());
-        for p in page.items {
-            let Some(st) = p.stamp() else { continue };
-            if oldest.as_ref().is_none_or(|o| &st < o) {
-                oldest = Some(st.clone());
+        // A user's history also holds what the user sent: only what arrives on the user's
+        // topic counts.
+        let items: Vec<(EventId, Publication)> = page
+            .items
+            .into_iter()
+            .filter(|p| p.topic() == topic)
+            .filter_map(|p| p.event_id().map(|id| (id, p)))
+            .collect();
+        let exact = page.heads.is_some();
+        let heads = page.heads.unwrap_or_else(|| {
+            // An older server: the heads of what the page shows.
+            let mut h = BTreeMap::new();
+            for (id, _) in &items {
+                let e = h.entry(id.origin.clone()).or_insert(0);
+                *e = id.seq.max(*e);
             }
-            // A user's history also holds what the user sent: only what arrives on the
-            // user's topic counts.
-            if p.topic() == topic {
-                if newest.as_ref().is_none_or(|n| &st > n) {
-                    newest = Some(st.clone());
+            h
+        });
+        let first = s.heads.is_none();
+        match s.heads.as_mut() {
+            None => s.heads = Some(heads.clone()),
+            // Pages may come from different servers: only what every page's server held
+            // without a gap is sure to have been on the pages.
+            Some(h) if exact => {
+                for (origin, v) in h.iter_mut() {
+                    *v = (*v).min(heads.get(origin).copied().unwrap_or(0));
                 }
-                items.push((st, p));
             }
-        }
-        items.sort_by(|a, b| a.0.cmp(&b.0));
-        if s.pages == 1 {
-            s.newest = newest.clone();
+            Some(_) => {}
         }
         if s.baseline {
-            for (st, _) in &items {
-                t.note_head(st);
+            for (origin, &h) in &heads {
+                t.origin(origin).cover(h);
             }
-            if let Some(n) = newest {
-                t.raise_floor(n);
-            }
+            t.exact = exact;
             t.baselined = true;
-            self.stats.baselines += 1;
+            t.baselined_at = Some(now);
             t.next_check = now + self.cfg.check_interval;
+            self.stats.baselines += 1;
+            // Holes noticed before the baseline that it did not cover: losses after all.
+            let checks = t.checks;
+            for o in t.origins.values_mut() {
+                settle(o, now, &mut self.stats);
+                if !o.holes.is_empty() {
+                    self.stats.gaps += o.holes.len() as u64;
+                    // Looked for by the next read (see `finish`).
+                    o.want = Some(Want {
+                        since: now,
+                        after: checks,
+                        attempts: 0,
+                    });
+                }
+            }
             self.finish(now, s, true);
             return;
         }
-        for (st, p) in items {
-            let event = EventId {
-                origin: st.origin.clone(),
-                seq: st.seq,
-            };
-            let settled = t.settled(&st);
-            if settled || t.window.contains(&st) {
-                t.wanted.remove(&event);
+        if first {
+            // What a server holds above what was delivered: a lost tail (or in flight).
+            for (origin, &h) in &heads {
+                let known = t.origins.contains_key(origin);
+                if !exact && !known {
+                    continue; // an older server: an unknown origin starts on this page
+                }
+                let before = s.number.saturating_sub(1);
+                let o = t.origin(origin);
+                if h > o.covered && h > o.tail {
+                    if o.tail <= o.covered {
+                        self.stats.tails += 1;
+                    }
+                    o.tail = h;
+                    let w = o.want.get_or_insert(Want {
+                        since: now,
+                        after: before,
+                        attempts: 0,
+                    });
+                    w.after = w.after.min(before);
+                    let bound = o.covered;
+                    let b = s.pending.entry(origin.clone()).or_insert(bound);
+                    *b = (*b).min(bound);
+                }
+            }
+        }
+        let mut reached = Vec::new();
+        for (id, p) in items {
+            if let Some(&bound) = s.pending.get(&id.origin) {
+                if id.seq <= bound {
+                    s.pending.remove(&id.origin);
+                    reached.push(id.origin.clone());
+                }
+            }
+            let covered = t.origin(&id.origin).covered;
+            if id.seq <= covered || t.window.contains(&id) {
                 continue;
             }
-            found(t, &mut self.stats, &event, now);
-            t.note_head(&st);
             let repeat = p.rid().is_some_and(|r| t.window.has_rid(r));
-            t.remember(st, p.rid(), self.cfg.window);
+            t.remember(id, p.rid(), self.cfg.window);
             if !repeat {
                 self.stats.delivered += 1;
                 self.stats.repaired += 1;
                 self.out.push_back(p);
+            } else {
+                self.stats.losers += 1;
             }
         }
-        let reached = page.next.is_none()
-            || oldest
-                .as_ref()
-                .is_none_or(|o| s.bound.as_ref().is_some_and(|b| o <= b) || t.settled(o));
-        if reached {
+        if !exact && first {
+            // An older server: an origin unknown before this page starts here.
+            for (origin, &h) in &heads {
+                if !s.pending.contains_key(origin) && !reached.contains(origin) {
+                    let o = t.origin(origin);
+                    if o.covered == 0 && o.holes.is_empty() {
+                        o.cover(h);
+                    }
+                }
+            }
+        }
+        if page.next.is_none() {
+            reached.extend(std::mem::take(&mut s.pending).into_keys());
+        }
+        let sure = s.heads.clone().unwrap_or_default();
+        for origin in reached {
+            if let Some(o) = t.origins.get_mut(&origin) {
+                o.cover(sure.get(&origin).copied().unwrap_or(0));
+                settle(o, now, &mut self.stats);
+            }
+        }
+        if s.pending.is_empty() {
             self.finish(now, s, true);
         } else if s.pages >= self.cfg.max_pages {
             self.stats.truncated += 1;
@@ -635,12 +772,11 @@ impl Delivery {
         if !self.cfg.repair {
             return;
         }
-        let (interval, lookback) = (self.cfg.check_interval, self.cfg.lookback);
+        let interval = self.cfg.check_interval;
         for t in self.topics.values_mut() {
             if t.baselined && t.next_check <= now {
                 t.next_check = now + interval;
-                let bound = t.lookback_bound(now, lookback);
-                t.schedule(now, bound);
+                t.schedule(now);
             }
         }
         let expired = self
@@ -680,8 +816,8 @@ impl Delivery {
             Kind::User => HistoryTarget::User(s.topic.clone()),
             _ => HistoryTarget::Channel(s.topic.clone()),
         };
-        let limit = if s.pages == 0 && !s.baseline {
-            self.cfg.page_limit.min(FIRST_PAGE_LIMIT)
+        let limit = if s.pages == 0 {
+            s.first_limit
         } else {
             self.cfg.page_limit
         };
@@ -728,6 +864,20 @@ impl Delivery {
         t.checks += 1;
         self.next_id += 1;
         self.stats.checks += 1;
+        let pending: BTreeMap<String, u64> = if t.baselined {
+            t.origins
+                .iter()
+                .filter(|(_, o)| o.wanted())
+                .map(|(k, o)| (k.clone(), o.covered))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let first_limit = if pending.is_empty() {
+            CHECK_PAGE_LIMIT
+        } else {
+            FIRST_PAGE_LIMIT
+        };
         self.sweep = Some(Sweep {
             id: self.next_id,
             topic: name.clone(),
@@ -738,84 +888,75 @@ impl Delivery {
             } else {
                 Kind::Channel
             },
-            bound: t.due_bound.take(),
+            pending,
+            heads: None,
+            first_limit: first_limit.min(self.cfg.page_limit),
             pages: 0,
-            started: now,
-            newest: None,
             before: None,
             sent: None,
         });
         Some(())
     }
 
-    /// A check ended (`complete`: it read down to where it meant to).
+    /// A read ended (`complete`: it read down to where it meant to).
     fn finish(&mut self, now: Instant, s: Sweep, complete: bool) {
         let Some(t) = self.topics.get_mut(&s.topic) else {
             return;
         };
-        if complete {
-            if let Some(n) = s.newest {
-                t.marks.push_back((s.started, n));
-                if t.marks.len() > MAX_MARKS {
-                    t.marks.pop_front();
-                }
-            }
+        if complete && !s.baseline {
+            // The heads were just compared: the next periodic check can wait.
+            t.next_check = now + self.cfg.check_interval;
         }
-        // Gaps this check should have found but history did not show (yet: the server
+        // Losses this read should have found but history did not show (yet: the server
         // that answered may not hold them yet): look again later, a few times.
-        let mut retry: Vec<(Duration, Option<Stamp>)> = Vec::new();
-        let (base, attempts) = (self.cfg.gap_retry, self.cfg.gap_attempts);
-        t.wanted.retain(|_, w| {
-            if w.after >= s.number {
-                return true;
+        let (base, attempts, gap_delay) = (
+            self.cfg.gap_retry,
+            self.cfg.gap_attempts,
+            self.cfg.gap_delay,
+        );
+        let mut next: Option<Instant> = None;
+        for o in t.origins.values_mut() {
+            if !o.wanted() {
+                o.want = None;
+                continue;
             }
-            w.attempts += 1;
-            let max = if w.bound.is_none() {
-                UNKNOWN_ORIGIN_ATTEMPTS
+            let w = o.want.get_or_insert(Want {
+                since: now,
+                after: s.number,
+                attempts: 0,
+            });
+            let at = if w.after >= s.number {
+                // Noticed while this read was under way: the next read looks for it.
+                now + gap_delay
             } else {
-                attempts
-            };
-            if w.attempts >= max {
-                // An origin never seen before: its predecessor is older than the floor.
-                if w.bound.is_some() {
-                    self.stats.unresolved += 1;
+                w.attempts += 1;
+                w.after = s.number;
+                if w.attempts >= attempts {
+                    // Given up; a later check reads the heads again (a copy that lost to
+                    // an earlier copy of its request is never shown).
+                    self.stats.unresolved += o.holes.len() as u64 + u64::from(o.tail > o.covered);
+                    o.holes.clear();
+                    o.tail = 0;
+                    o.want = None;
+                    continue;
                 }
-                return false;
-            }
-            w.after = s.number;
-            retry.push((base * 2u32.saturating_pow(w.attempts - 1), w.bound.clone()));
-            true
-        });
-        for (delay, bound) in retry {
-            t.schedule(now + delay, bound);
+                now + base * 2u32.saturating_pow(w.attempts - 1)
+            };
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        if let Some(at) = next {
+            t.schedule(at);
         }
     }
 }
 
-/// Records that event `id` should exist on the topic.
-fn want(t: &mut Topic, stats: &mut DeliveryStats, id: EventId, bound: Option<Stamp>, now: Instant) {
-    if t.wanted.contains_key(&id) {
-        return;
-    }
-    if t.wanted.len() >= MAX_WANTED && t.wanted.pop_first().is_some() {
-        stats.unresolved += 1;
-    }
-    t.wanted.insert(
-        id,
-        Want {
-            bound,
-            after: t.checks,
-            attempts: 0,
-            since: now,
-        },
-    );
-}
-
-/// Event `id` arrived (live or from history): a gap it filled is repaired.
-fn found(t: &mut Topic, stats: &mut DeliveryStats, id: &EventId, now: Instant) {
-    if let Some(w) = t.wanted.remove(id) {
-        let took = now.saturating_duration_since(w.since);
-        stats.slowest_gap_repair = stats.slowest_gap_repair.max(took);
+/// A loss that is no longer wanted was repaired: how long it took.
+fn settle(o: &mut Origin, now: Instant, stats: &mut DeliveryStats) {
+    if !o.wanted() {
+        if let Some(w) = o.want.take() {
+            let took = now.saturating_duration_since(w.since);
+            stats.slowest_gap_repair = stats.slowest_gap_repair.max(took);
+        }
     }
 }
 

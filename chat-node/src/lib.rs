@@ -11,7 +11,8 @@
 //! - [`backend`]: the frame protocol between the broker and servers
 //!   (READY/HB/REQ/REP/BYE, the lease stamp and its echo), with builders and parsers.
 //! - [`delivery`]: [`delivery::Delivery`], a subscriber's live delivery (drops repeats,
-//!   notices gaps from the publication chain, repairs them from `history`); the SDK runs it.
+//!   notices losses from the publication chain and the per-origin `heads` of history
+//!   replies, repairs them from `history`); the SDK runs it.
 //! - [`broker`]: [`broker::BrokerCore`], the request broker's state (credits, round robin,
 //!   session affinity, heartbeats, re-dispatch, deadlines) and its invariants.
 //! - [`reference`](mod@reference): [`reference::ReferenceCore`], the reference service's

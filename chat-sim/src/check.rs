@@ -168,11 +168,15 @@ fn check_server(
     out
 }
 
-/// Live delivery through the SDK's core: every acknowledged post delivered exactly once to
-/// every subscriber of its channel; nothing delivered twice.
+/// Live delivery through the SDK's core: nothing delivered twice; every acknowledged post
+/// whose request was first sent after the subscriber's baseline of its channel answered
+/// delivered (exactly once) to that subscriber (a post sent before may or may not be); and
+/// more precisely, every acknowledged post whose event (the visible copy, in `state`) is
+/// above what the baseline showed of its origin (its `heads`).
 pub fn check_subscribers(
     subs: &[crate::subscriber::SimSubscriber],
     acked: &BTreeMap<String, Acked>,
+    state: &chat_core::ChatState,
 ) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     for (k, sub) in subs.iter().enumerate() {
@@ -187,11 +191,45 @@ pub fn check_subscribers(
         }
         for (rid, a) in acked {
             if let Write::Publish { channel, text } = &a.write {
-                if sub.topics().iter().any(|t| t == channel) && !delivered.contains_key(rid) {
+                if !sub.topics().iter().any(|t| t == channel) {
+                    continue;
+                }
+                let Some(base) = sub.baselined_at(channel) else {
+                    out.push((
+                        "live delivery gap-free",
+                        format!("subscriber-{k} never read its baseline of {channel}"),
+                    ));
+                    continue;
+                };
+                if delivered.contains_key(rid) {
+                    continue;
+                }
+                let above = state.event_for_request(rid).is_some_and(|id| {
+                    sub.baseline_heads(channel)
+                        .and_then(|h| h.get(&id.origin))
+                        .is_none_or(|h| id.seq > *h)
+                });
+                if above && a.started <= base {
+                    out.push((
+                        "live delivery gap-free above the baseline",
+                        format!(
+                            "subscriber-{k} never got acknowledged {rid} (`{text}` on {channel}, \
+                             event {:?} above the baseline's heads {:?}); settled: {}, {:?}",
+                            state.event_for_request(rid),
+                            sub.baseline_heads(channel),
+                            sub.is_settled(),
+                            sub.stats()
+                        ),
+                    ));
+                }
+                if a.started > base {
                     out.push((
                         "live delivery gap-free",
                         format!(
-                            "subscriber-{k} never got acknowledged {rid} (`{text}` on {channel}); settled: {}, {:?}",
+                            "subscriber-{k} never got acknowledged {rid} (`{text}` on {channel}, \
+                             sent at {:.3} s, baseline at {:.3} s); settled: {}, {:?}",
+                            a.started.as_secs_f64(),
+                            base.as_secs_f64(),
                             sub.is_settled(),
                             sub.stats()
                         ),

@@ -25,6 +25,8 @@ pub struct Acked {
     pub rid: String,
     /// What it wrote.
     pub write: Write,
+    /// When the request was first sent (virtual time).
+    pub started: Duration,
 }
 
 /// A write, as the checkers look for it.
@@ -255,7 +257,11 @@ impl SimClient {
                 if matches!(write, Write::Login(_)) {
                     self.logged_in = true;
                 }
-                Some(Done::Acked(Acked { rid, write }))
+                Some(Done::Acked(Acked {
+                    rid,
+                    write,
+                    started: w.started,
+                }))
             }
             _ => Some(Done::Answered),
         }

@@ -18,8 +18,10 @@
 //!   memory and in what an export would write; history and export agree; physical clocks
 //!   within [`world::CLOCK_BOUND_MS`] of each other;
 //! - requests sent well after the heal get answers;
-//! - live delivery through the SDK's core: every acknowledged post delivered exactly once
-//!   to every subscriber of its channel, however the proxy, servers and network fared.
+//! - live delivery through the SDK's core (two subscribers by default): nothing delivered
+//!   twice; every acknowledged post whose request was sent after a subscriber's baseline of
+//!   its channel answered, and every one above what that baseline showed (its `heads`),
+//!   delivered to it exactly once, however the proxy, servers and network fared.
 //!
 //! The same seed replays the same run, event for event: a failing seed is a reproducible
 //! bug report (`chat-sim --seed S --trace`).
@@ -76,7 +78,7 @@ impl Default for Options {
         Options {
             servers: 3,
             clients: 3,
-            subscribers: 0,
+            subscribers: 2,
             fault_phase: Duration::from_secs(10),
             settle: Duration::from_secs(14),
             faults: true,
@@ -193,6 +195,12 @@ pub struct Sweep {
     pub twice_accepted: u64,
     /// Requests dropped by fenced servers, over all runs.
     pub fenced: u64,
+    /// Posts a raw (seed-style) subscriber would have seen twice, over all runs.
+    pub raw_duplicates: u64,
+    /// Acknowledged posts a raw subscriber would never have seen, over all runs.
+    pub raw_missing: u64,
+    /// Posts the SDK's delivery core repaired from history, over all runs.
+    pub repaired: u64,
     /// Virtual time simulated over all runs.
     pub virtual_time: Duration,
 }
@@ -211,6 +219,9 @@ impl Sweep {
         self.acked += other.acked;
         self.twice_accepted += other.twice_accepted;
         self.fenced += other.fenced;
+        self.raw_duplicates += other.raw_duplicates;
+        self.raw_missing += other.raw_missing;
+        self.repaired += other.repaired;
         self.virtual_time += other.virtual_time;
         self.failures.extend(other.failures);
         self.failures.sort_by_key(|o| o.seed);
@@ -229,6 +240,9 @@ impl Sweep {
         self.acked += o.stats.acked;
         self.twice_accepted += o.stats.twice_accepted;
         self.fenced += o.stats.fenced;
+        self.raw_duplicates += o.stats.raw_duplicates;
+        self.raw_missing += o.stats.raw_missing;
+        self.repaired += o.stats.repaired;
         self.virtual_time += o.stats.virtual_time;
         if !o.passed() {
             self.failures.push(o);

@@ -18,6 +18,7 @@ pub const READ_ATTEMPTS: u32 = 3;
 #[derive(Debug)]
 struct Read {
     id: u64,
+    topic: String,
     bytes: Vec<u8>,
     attempts: u32,
     deadline: Duration,
@@ -34,6 +35,9 @@ pub struct SimSubscriber {
     /// What a seed-style subscriber would have seen, by request id.
     raw: BTreeMap<String, u32>,
     topics: Vec<String>,
+    /// Per topic, when its baseline read answered (virtual time), and the heads it showed
+    /// (per origin, what the answering server held of the topic: the past).
+    baselined: BTreeMap<String, (Duration, BTreeMap<String, u64>)>,
 }
 
 impl SimSubscriber {
@@ -46,6 +50,7 @@ impl SimSubscriber {
             delivered: BTreeMap::new(),
             raw: BTreeMap::new(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
+            baselined: BTreeMap::new(),
         }
     }
 
@@ -77,8 +82,8 @@ impl SimSubscriber {
         self.delivery.handle_reconnect(now);
     }
 
-    /// A reply on socket `gen`.
-    pub fn on_reply(&mut self, now: Instant, gen: u32, body: &[u8]) {
+    /// A reply on socket `gen`, at `now` (virtual time `at`).
+    pub fn on_reply(&mut self, now: Instant, at: Duration, gen: u32, body: &[u8]) {
         if gen != self.gen {
             return;
         }
@@ -93,7 +98,39 @@ impl SimSubscriber {
             },
             Err(_) => Err(ErrorCode::BadRequest),
         };
+        // What the reply showed of the topic, in case it is the baseline.
+        let heads = match &result {
+            Ok(page) => page.heads.clone().unwrap_or_else(|| {
+                let mut h = BTreeMap::new();
+                for id in page.items.iter().filter_map(Publication::event_id) {
+                    let e = h.entry(id.origin).or_insert(0);
+                    *e = id.seq.max(*e);
+                }
+                h
+            }),
+            Err(_) => BTreeMap::new(),
+        };
         self.delivery.handle_history(now, read.id, result);
+        self.note_baseline(at, &read.topic, heads);
+    }
+
+    /// Records `topic`'s baseline if it answered just now (virtual time `at`).
+    fn note_baseline(&mut self, at: Duration, topic: &str, heads: BTreeMap<String, u64>) {
+        if !self.baselined.contains_key(topic) && self.delivery.baselined_at(topic).is_some() {
+            self.baselined.insert(topic.to_string(), (at, heads));
+        }
+    }
+
+    /// When `topic`'s baseline read answered (virtual time): from then on, every write whose
+    /// request is sent later must be delivered exactly once.
+    pub fn baselined_at(&self, topic: &str) -> Option<Duration> {
+        self.baselined.get(topic).map(|(at, _)| *at)
+    }
+
+    /// The heads `topic`'s baseline showed: per origin, everything of it on the topic up to
+    /// there was the past; everything above must be delivered exactly once.
+    pub fn baseline_heads(&self, topic: &str) -> Option<&BTreeMap<String, u64>> {
+        self.baselined.get(topic).map(|(_, h)| h)
     }
 
     /// Runs what is due; returns a history read to send (on socket [`SimSubscriber::gen`]).
@@ -112,10 +149,11 @@ impl SimSubscriber {
                 self.gen += 1;
                 return Some(read.bytes.clone());
             }
-            let id = read.id;
+            let (id, topic) = (read.id, read.topic.clone());
             self.read = None;
             self.delivery
                 .handle_history(now, id, Err(ErrorCode::Timeout));
+            self.note_baseline(at, &topic, BTreeMap::new());
             while let Some(p) = self.delivery.poll_delivery() {
                 *self.delivered.entry(key(&p)).or_default() += 1;
             }
@@ -124,6 +162,7 @@ impl SimSubscriber {
         let bytes = history_request(&fetch, wall_ms)?;
         self.read = Some(Read {
             id: fetch.id,
+            topic: fetch.topic.clone(),
             bytes: bytes.clone(),
             attempts: 1,
             deadline: at + READ_TIMEOUT,

@@ -1006,7 +1006,7 @@ impl World {
                         self.log(|| format!("subscriber-{k} history reply (socket {gen}): {what}"));
                     }
                 }
-                self.subs[k].on_reply(now, gen, &body)
+                self.subs[k].on_reply(now, self.now, gen, &body)
             }
             _ => return,
         }
@@ -1207,7 +1207,11 @@ impl World {
             return;
         }
         let mut found = check::final_checks(&views, &self.acked);
-        found.extend(check::check_subscribers(&self.subs, &self.acked));
+        found.extend(check::check_subscribers(
+            &self.subs,
+            &self.acked,
+            views[0].core.node().state(),
+        ));
         for sub in &self.subs {
             self.stats.raw_duplicates += sub.raw().values().filter(|n| **n > 1).count() as u64;
             self.stats.raw_missing += self

@@ -10,11 +10,13 @@
 //! frame exactly and delivers only what was asked for, as [`ClientEvent`]s over a
 //! `crossbeam-channel`. Every reply and publication advances the client's Lamport clock.
 //!
-//! Live delivery is exactly once and gap-free on each subscribed channel or user topic: the
+//! Live delivery is exactly once and gap-free on each subscribed channel or user topic,
+//! from the moment its baseline history read answered ([`Client::wait_for_baseline`]): the
 //! thread runs [`chat_node::delivery::Delivery`], which drops repeats (same event id, or
-//! another copy of the same request) and repairs what pub/sub lost from `history` (gaps
-//! revealed by the publications' `prev`, a reconnection of the SUB socket seen by a socket
-//! monitor, and a periodic check for lost tails). The history reads go through the broker
+//! another copy of the same request) and repairs what pub/sub lost from `history` (holes
+//! revealed by the publications' `prev`, lost tails revealed by the per-origin `heads` of
+//! history replies, read after a reconnection of the SUB socket seen by a socket monitor
+//! and by a periodic check). The history reads go through the broker
 //! on the thread's own Lazy Pirate REQ socket, never the application's. See
 //! `docs/replication.md`, "Live delivery"; [`Client::delivery_stats`] tells what it did.
 //!
@@ -33,7 +35,7 @@
 //! # Ok::<(), chat_net::client::ClientError>(())
 //! ```
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -48,7 +50,7 @@ use chat_core::{
 };
 use chat_node::delivery::{Delivery, Fetch};
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 pub use chat_node::delivery::{DeliveryConfig, DeliveryStats};
 
@@ -158,6 +160,15 @@ struct SubHandle {
     control: Mutex<zmq::Socket>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<Mutex<DeliveryStats>>,
+    baselines: Arc<Baselines>,
+}
+
+/// When each subscribed topic's baseline read answered, shared by the subscriber thread
+/// with the callers waiting for it.
+#[derive(Default)]
+struct Baselines {
+    at: Mutex<HashMap<String, Instant>>,
+    changed: Condvar,
 }
 
 /// A connection to a chat cluster. `Send + Sync`: share it with `Arc`.
@@ -224,8 +235,65 @@ impl Client {
     }
 
     /// Receives interest in `topic` (a channel, a user name, or `servers`), matched exactly.
+    /// Returns once the SUB socket has the subscription; exactly-once, gap-free delivery
+    /// starts when the topic's baseline read answers ([`Client::wait_for_baseline`]).
     pub fn subscribe(&self, topic: &str) -> Result<(), ClientError> {
         self.control(b'+', topic)
+    }
+
+    /// Subscribes to a channel or user topic and waits (up to `timeout`) until its baseline
+    /// read answered; returns when it did. Every write whose request is sent after that is
+    /// delivered exactly once (see [`Client::wait_for_baseline`]).
+    pub fn subscribe_with_baseline(
+        &self,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Instant, ClientError> {
+        let deadline = Instant::now() + timeout;
+        self.subscribe(topic)?;
+        self.wait_for_baseline(topic, deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// When `topic`'s baseline read answered, if it did: from then on, every post or private
+    /// message whose request is sent later is delivered exactly once (one sent before may or
+    /// may not be, never twice). `None` before, for topics not subscribed, for `servers`,
+    /// and without repair ([`DeliveryConfig::dedup_only`]).
+    pub fn baselined_at(&self, topic: &str) -> Option<Instant> {
+        self.sub.baselines.at.lock().get(topic).copied()
+    }
+
+    /// Waits up to `timeout` for `topic`'s baseline read to answer (see
+    /// [`Client::baselined_at`]); [`ClientError::Timeout`] if it did not (history reads are
+    /// retried meanwhile), [`ClientError::Protocol`] without repair.
+    pub fn wait_for_baseline(
+        &self,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Instant, ClientError> {
+        if !self.cfg.delivery.repair {
+            return Err(ClientError::Protocol(
+                "live delivery has no baseline without repair".into(),
+            ));
+        }
+        let deadline = Instant::now() + timeout;
+        let mut at = self.sub.baselines.at.lock();
+        loop {
+            if let Some(t) = at.get(topic) {
+                return Ok(*t);
+            }
+            if self
+                .sub
+                .baselines
+                .changed
+                .wait_until(&mut at, deadline)
+                .timed_out()
+            {
+                return at.get(topic).copied().ok_or(ClientError::Timeout {
+                    attempts: 1,
+                    timeout,
+                });
+            }
+        }
     }
 
     /// Stops receiving `topic`.

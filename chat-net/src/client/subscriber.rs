@@ -14,6 +14,7 @@ pub(super) fn start_subscriber(
     control.bind(&addr)?;
     let sub = Subscriber::on(ctx, cfg, clock)?;
     let stats = sub.stats.clone();
+    let baselines = sub.baselines.clone();
     let peer = sockets::socket(ctx, zmq::PAIR, sockets::REQUEST_HWM)?;
     peer.connect(&addr)?;
     let thread = std::thread::Builder::new()
@@ -24,6 +25,7 @@ pub(super) fn start_subscriber(
         control: Mutex::new(control),
         thread: Some(thread),
         stats,
+        baselines,
     })
 }
 
@@ -67,6 +69,8 @@ pub struct Subscriber {
     /// Events ready for the caller, in order.
     ready: VecDeque<ClientEvent>,
     stats: Arc<Mutex<DeliveryStats>>,
+    /// When each topic's baseline answered (shared with a [`Client`]'s callers).
+    baselines: Arc<Baselines>,
     /// History reads and the SUB socket's monitor, when repair is on.
     repair: Option<Repair>,
     // Declared last: the sockets close before their context.
@@ -152,6 +156,7 @@ impl Subscriber {
             delivery: Delivery::new(cfg.delivery.clone()),
             ready: VecDeque::new(),
             stats: Arc::new(Mutex::new(DeliveryStats::default())),
+            baselines: Arc::new(Baselines::default()),
             repair,
             _ctx: ctx.clone(),
         })
@@ -171,8 +176,42 @@ impl Subscriber {
         if self.topics.remove(topic.as_bytes()) {
             self.socket.set_unsubscribe(topic.as_bytes())?;
             self.delivery.unsubscribe(topic);
+            self.baselines.at.lock().remove(topic);
         }
         Ok(())
+    }
+
+    /// When `topic`'s baseline read answered, if it did: from then on, every post or private
+    /// message whose request is sent later is delivered exactly once (one sent before may or
+    /// may not be, never twice). `None` before, and without repair.
+    pub fn baselined_at(&self, topic: &str) -> Option<Instant> {
+        self.delivery.baselined_at(topic)
+    }
+
+    /// Reads (up to `timeout`) until `topic`'s baseline read answered; returns when it did,
+    /// `None` if it did not in time (or there is no repair). Events that arrive meanwhile are
+    /// kept for [`Subscriber::recv`].
+    pub fn wait_for_baseline(
+        &mut self,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Option<Instant>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(at) = self.delivery.baselined_at(topic) {
+                return Ok(Some(at));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.repair.is_none() {
+                return Ok(None);
+            }
+            // `step` does not wait while events are ready: set them aside meanwhile.
+            let mut kept = std::mem::take(&mut self.ready);
+            let stepped = self.step(None, left);
+            kept.append(&mut self.ready);
+            self.ready = kept;
+            stepped?;
+        }
     }
 
     /// The Lamport clock advanced by every event received.
@@ -283,16 +322,23 @@ impl Subscriber {
         if let Some(r) = self.repair.as_mut() {
             if let Some((id, result)) = r.fetcher.handle_timeout(now) {
                 self.delivery.handle_history(now, id, result);
+                note_baselines(&self.delivery, &self.topics, &self.baselines);
             }
             if r.fetcher.is_idle() {
                 if let Some(fetch) = self.delivery.poll_fetch(now) {
                     if let Err(result) = r.fetcher.send(now, &fetch, &self.clock) {
                         self.delivery.handle_history(now, fetch.id, Err(result));
+                        note_baselines(&self.delivery, &self.topics, &self.baselines);
                     }
                 }
             }
         }
         self.pump();
+    }
+
+    /// Publishes the baselines that answered (for a [`Client`]'s waiting callers).
+    fn note_baselines(&self) {
+        note_baselines(&self.delivery, &self.topics, &self.baselines);
     }
 
     /// Moves what delivery released into `ready`.
@@ -363,8 +409,30 @@ impl Subscriber {
         };
         if let Some((id, result)) = r.fetcher.read(&self.clock) {
             self.delivery.handle_history(Instant::now(), id, result);
+            self.note_baselines();
             self.pump();
         }
+    }
+}
+
+/// Publishes the baselines of `topics` that answered (for a [`Client`]'s waiting callers).
+fn note_baselines(delivery: &Delivery, topics: &HashSet<Vec<u8>>, baselines: &Baselines) {
+    let mut at = baselines.at.lock();
+    let mut changed = false;
+    for t in topics {
+        let Ok(topic) = std::str::from_utf8(t) else {
+            continue;
+        };
+        if at.contains_key(topic) {
+            continue;
+        }
+        if let Some(when) = delivery.baselined_at(topic) {
+            at.insert(topic.to_string(), when);
+            changed = true;
+        }
+    }
+    if changed {
+        baselines.changed.notify_all();
     }
 }
 
