@@ -12,7 +12,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use chat_core::{Reply, Request};
 use chat_net::client::{Client, ClientConfig, ClientEvent, DeliveryStats};
 use nix::sys::signal::Signal;
-use support::{history_at, status_at, wait_for, ProcCluster, DEADLINE};
+use support::{history_at, status_at, wait_for, Load, ProcCluster, DEADLINE};
 
 const CHANNEL: &str = "geral";
 const NAMES: [&str; 3] = ["server-1", "server-2", "server-3"];
@@ -40,67 +40,21 @@ struct Sub {
     thread: JoinHandle<()>,
 }
 
-/// SDK writers posting to the channel with known request ids until stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    acks: Arc<AtomicUsize>,
-    workers: Vec<JoinHandle<Vec<(String, Instant)>>>,
-}
-
-impl Load {
-    fn start(cfg: &ClientConfig, n: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acks = Arc::new(AtomicUsize::new(0));
-        let workers = (0..n)
-            .map(|w| {
-                let (cfg, stop, acks) = (cfg.clone(), stop.clone(), acks.clone());
-                std::thread::spawn(move || {
-                    let c = Client::connect(cfg).expect("writer");
-                    let mut acked = Vec::new();
-                    for i in 0..100_000 {
-                        if stop.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        let rid = format!("w{w}-{i}");
-                        let req = Request::Publish {
-                            user: format!("user{w}"),
-                            channel: CHANNEL.into(),
-                            message: rid.clone(),
-                        };
-                        if let Ok(r) = c.request_with_id(req, Some(rid.clone())) {
-                            if r.reply == Reply::Done {
-                                acked.push((rid, Instant::now()));
-                                acks.fetch_add(1, Ordering::SeqCst);
-                            }
-                        }
-                    }
-                    acked
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            acks,
-            workers,
+/// SDK writers posting to the channel with known request ids until stopped; when each
+/// acknowledged write was acknowledged.
+fn writers(cfg: &ClientConfig, n: usize) -> Load<(String, Instant)> {
+    Load::start(cfg, n, 100_000, |c, w, i| {
+        let rid = format!("w{w}-{i}");
+        let req = Request::Publish {
+            user: format!("user{w}"),
+            channel: CHANNEL.into(),
+            message: rid.clone(),
+        };
+        match c.request_with_id(req, Some(rid.clone())) {
+            Ok(r) if r.reply == Reply::Done => Some((rid, Instant::now())),
+            _ => None,
         }
-    }
-
-    fn wait_acks(&self, more: usize) {
-        let target = self.acks.load(Ordering::SeqCst) + more;
-        let ok = wait_for(DEADLINE, || {
-            (self.acks.load(Ordering::SeqCst) >= target).then_some(())
-        });
-        assert!(ok.is_some(), "load stalled below {target} acks");
-    }
-
-    fn stop(self) -> BTreeMap<String, Instant> {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut all = BTreeMap::new();
-        for w in self.workers {
-            all.extend(w.join().expect("writer thread"));
-        }
-        all
-    }
+    })
 }
 
 /// The cluster, its channel, and subscribers whose subscriptions are live.
@@ -319,7 +273,7 @@ fn assert_exactly_once(out: &Outcome) {
 #[test]
 fn sdk_delivery_is_exactly_once_when_a_server_is_killed_and_restarted() {
     let mut setup = setup();
-    let load = Load::start(&setup.cluster.client_config(), WRITERS);
+    let load = writers(&setup.cluster.client_config(), WRITERS);
     load.wait_acks(150);
     setup.cluster.server("server-2").kill9();
     load.wait_acks(200);
@@ -329,7 +283,7 @@ fn sdk_delivery_is_exactly_once_when_a_server_is_killed_and_restarted() {
     });
     assert!(back.is_some(), "server-2 did not come back");
     load.wait_acks(150);
-    let acked = load.stop();
+    let acked: BTreeMap<String, Instant> = load.stop().into_iter().collect();
     let (out, _cluster) = settle(setup, &acked, "kill -9");
     assert_exactly_once(&out);
 }
@@ -337,7 +291,7 @@ fn sdk_delivery_is_exactly_once_when_a_server_is_killed_and_restarted() {
 #[test]
 fn sdk_delivery_is_exactly_once_when_a_server_is_paused_and_every_write_is_stored_once() {
     let mut setup = setup();
-    let load = Load::start(&setup.cluster.client_config(), WRITERS);
+    let load = writers(&setup.cluster.client_config(), WRITERS);
     load.wait_acks(150);
     setup.cluster.server("server-2").signal(Signal::SIGSTOP);
     let paused = Instant::now();
@@ -346,7 +300,7 @@ fn sdk_delivery_is_exactly_once_when_a_server_is_paused_and_every_write_is_store
     std::thread::sleep(left); // the pause itself: 3 s of SIGSTOP
     setup.cluster.server("server-2").signal(Signal::SIGCONT);
     load.wait_acks(200);
-    let acked = load.stop();
+    let acked: BTreeMap<String, Instant> = load.stop().into_iter().collect();
     let (out, mut cluster) = settle(setup, &acked, "SIGSTOP 3 s");
     assert_exactly_once(&out);
 
@@ -417,13 +371,13 @@ fn check_once<'a>(
 #[test]
 fn sdk_delivery_is_exactly_once_when_the_proxy_restarts_under_load() {
     let mut setup = setup();
-    let load = Load::start(&setup.cluster.client_config(), WRITERS);
+    let load = writers(&setup.cluster.client_config(), WRITERS);
     load.wait_acks(150);
     setup.cluster.restart_proxy();
     load.wait_acks(150);
     setup.cluster.restart_proxy();
     load.wait_acks(150);
-    let acked = load.stop();
+    let acked: BTreeMap<String, Instant> = load.stop().into_iter().collect();
     let (out, _cluster) = settle(setup, &acked, "proxy restart");
     assert_exactly_once(&out);
     assert!(

@@ -5,70 +5,23 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use chat_net::client::{Client, ClientConfig};
 use chat_testkit::fake_peer;
-use support::{history_at, status_at, wait_for, ProcCluster, DEADLINE};
+use support::{history_at, status_at, wait_for, Load, ProcCluster, DEADLINE};
 
-/// Publishers that keep posting to `channel` until stopped; each returns what was acked.
-struct Load {
-    stop: Arc<AtomicBool>,
-    acks: Arc<AtomicUsize>,
-    workers: Vec<JoinHandle<Vec<String>>>,
-}
-
-impl Load {
-    fn start(cfg: &ClientConfig, channel: &str, n: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acks = Arc::new(AtomicUsize::new(0));
-        let workers = (0..n)
-            .map(|w| {
-                let (cfg, stop, acks, channel) =
-                    (cfg.clone(), stop.clone(), acks.clone(), channel.to_string());
-                std::thread::spawn(move || {
-                    let c = Client::connect(cfg).unwrap();
-                    let mut acked = Vec::new();
-                    for i in 0..20_000 {
-                        if stop.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        let body = format!("w{w}-{i}");
-                        if c.publish(&format!("user{w}"), &channel, &body).is_ok() {
-                            acked.push(body);
-                            acks.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                    acked
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            acks,
-            workers,
-        }
-    }
-
-    fn wait_acks(&self, more: usize) {
-        let target = self.acks.load(Ordering::SeqCst) + more;
-        let ok = wait_for(DEADLINE, || {
-            (self.acks.load(Ordering::SeqCst) >= target).then_some(())
-        });
-        assert!(ok.is_some(), "load stalled below {target} acks");
-    }
-
-    fn stop(self) -> BTreeSet<String> {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut all = BTreeSet::new();
-        for w in self.workers {
-            all.extend(w.join().unwrap());
-        }
-        all
-    }
+/// Publishers that keep posting to `channel` until stopped; what was acknowledged.
+fn publishers(cfg: &ClientConfig, channel: &str, n: usize) -> Load<String> {
+    let channel = channel.to_string();
+    Load::start(cfg, n, 20_000, move |c, w, i| {
+        let body = format!("w{w}-{i}");
+        c.publish(&format!("user{w}"), &channel, &body)
+            .is_ok()
+            .then_some(body)
+    })
 }
 
 fn setup(cluster: &ProcCluster, names: &[&str]) -> Client {
@@ -145,13 +98,13 @@ fn kill_restart_and_check(victim_is_coordinator: bool) {
             .to_string()
     };
 
-    let load = Load::start(&cluster.client_config(), "geral", 4);
+    let load = publishers(&cluster.client_config(), "geral", 4);
     load.wait_acks(200);
     cluster.server(&victim).kill9();
     load.wait_acks(300);
     cluster.start_server(&victim);
     load.wait_acks(200);
-    let acked = load.stop();
+    let acked: BTreeSet<String> = load.stop().into_iter().collect();
     assert!(acked.len() >= 700);
     assert_converged(&cluster, &names, &acked);
     // The restarted server caught up by itself.
@@ -176,9 +129,9 @@ fn a_new_server_with_an_empty_directory_catches_up() {
     let mut cluster = ProcCluster::start(3);
     let names = ["server-1", "server-2", "server-3"];
     let _c = setup(&cluster, &names);
-    let load = Load::start(&cluster.client_config(), "geral", 2);
+    let load = publishers(&cluster.client_config(), "geral", 2);
     load.wait_acks(600);
-    let acked = load.stop();
+    let acked: BTreeSet<String> = load.stop().into_iter().collect();
     cluster.start_server("server-4");
     let all = ["server-1", "server-2", "server-3", "server-4"];
     let caught_up = wait_for(DEADLINE, || {

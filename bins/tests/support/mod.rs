@@ -285,3 +285,70 @@ impl ProcCluster {
         }
     }
 }
+
+/// SDK writers (one client each) writing until stopped; each keeps what `write` returned
+/// for the writes that were acknowledged.
+pub struct Load<T: Send + 'static> {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    workers: Vec<std::thread::JoinHandle<Vec<T>>>,
+}
+
+impl<T: Send + 'static> Load<T> {
+    /// Starts `n` writers; writer `w`'s `i`-th write is `write(&client, w, i)`, which
+    /// returns what to keep when the write was acknowledged (at most `max` writes each).
+    pub fn start<F>(cfg: &chat_net::client::ClientConfig, n: usize, max: usize, write: F) -> Self
+    where
+        F: Fn(&chat_net::client::Client, usize, usize) -> Option<T> + Send + Sync + 'static,
+    {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(AtomicUsize::new(0));
+        let write = Arc::new(write);
+        let workers = (0..n)
+            .map(|w| {
+                let (cfg, stop, acks, write) =
+                    (cfg.clone(), stop.clone(), acks.clone(), write.clone());
+                std::thread::spawn(move || {
+                    let c = chat_net::client::Client::connect(cfg).expect("writer");
+                    let mut acked = Vec::new();
+                    for i in 0..max {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        if let Some(kept) = write(&c, w, i) {
+                            acked.push(kept);
+                            acks.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            acks,
+            workers,
+        }
+    }
+
+    /// Waits (within [`DEADLINE`]) until `more` further writes are acknowledged.
+    pub fn wait_acks(&self, more: usize) {
+        use std::sync::atomic::Ordering;
+        let target = self.acks.load(Ordering::SeqCst) + more;
+        let ok = wait_for(DEADLINE, || {
+            (self.acks.load(Ordering::SeqCst) >= target).then_some(())
+        });
+        assert!(ok.is_some(), "load stalled below {target} acks");
+    }
+
+    /// Stops the writers; what every writer kept.
+    pub fn stop(self) -> Vec<T> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("writer thread"))
+            .collect()
+    }
+}
