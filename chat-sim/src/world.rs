@@ -283,6 +283,22 @@ impl World {
         self.queue.insert((at, self.seq), ev);
     }
 
+    /// Wakes `who` (incarnation `inc`) at `at`, unless an earlier wake-up is already set
+    /// (a later one it replaces is then ignored when it fires).
+    fn arm_timer(&mut self, who: Addr, inc: u32, at: Duration) {
+        let now = self.now;
+        let slot = match who {
+            Addr::Broker => &mut self.broker_timer_at,
+            Addr::Server(i) => &mut self.servers[i].timer_at,
+            Addr::Subscriber(k) => &mut self.sub_timer_at[k],
+            _ => return,
+        };
+        if slot.is_none_or(|t| at < t || t <= now) {
+            *slot = Some(at);
+            self.at(at, Ev::Timer { who, inc });
+        }
+    }
+
     fn instant(&self) -> Instant {
         self.base + self.now
     }
@@ -539,17 +555,7 @@ impl World {
                     self.now + at.saturating_duration_since(now)
                 })
                 .min(self.now + MAX_WAIT);
-            if self.broker_timer_at.is_none_or(|t| at < t || t <= self.now) {
-                self.broker_timer_at = Some(at);
-                let inc = self.broker_inc;
-                self.at(
-                    at,
-                    Ev::Timer {
-                        who: Addr::Broker,
-                        inc,
-                    },
-                );
-            }
+            self.arm_timer(Addr::Broker, self.broker_inc, at);
         }
     }
 
@@ -754,18 +760,7 @@ impl World {
                 self.now + at.saturating_duration_since(t.mono)
             })
             .clamp(self.now + IMMEDIATE, self.now + MAX_WAIT);
-        let srv = &mut self.servers[i];
-        if srv.timer_at.is_none_or(|old| at < old || old <= self.now) {
-            srv.timer_at = Some(at);
-            let inc = srv.inc;
-            self.at(
-                at,
-                Ev::Timer {
-                    who: Addr::Server(i),
-                    inc,
-                },
-            );
-        }
+        self.arm_timer(Addr::Server(i), self.servers[i].inc, at);
     }
 
     fn route_from_server(&mut self, i: usize, tx: Transmit) {
@@ -1031,16 +1026,7 @@ impl World {
         }
         if let Some(at) = self.subs[k].due(now, self.now) {
             let at = at.max(self.now + IMMEDIATE);
-            if self.sub_timer_at[k].is_none_or(|t| at < t || t <= self.now) {
-                self.sub_timer_at[k] = Some(at);
-                self.at(
-                    at,
-                    Ev::Timer {
-                        who: Addr::Subscriber(k),
-                        inc: 0,
-                    },
-                );
-            }
+            self.arm_timer(Addr::Subscriber(k), 0, at);
         }
     }
 
