@@ -23,9 +23,8 @@
 //! client's connection without a reply (the bound on what one frame can make the broker
 //! allocate).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use chat_core::Timestamp;
 use chat_node::broker::{
     BrokerCore, BrokerCoreConfig, SendFailure, Transmit, DEFAULT_MAX_PENDING,
     DEFAULT_QUEUE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
@@ -164,7 +163,7 @@ impl Broker {
         let first_token = rand::random::<u64>() >> 1;
         let mut core = BrokerCore::new(self.cfg.core(), Instant::now(), first_token);
         let result = drive(&mut core, &io, shutdown);
-        core.shutdown(wall_now());
+        core.shutdown(crate::wall_clock());
         flush(&mut core, &io);
         let stats = core.stats();
         tracing::info!(?stats, "broker stopped");
@@ -218,7 +217,7 @@ fn drive(core: &mut BrokerCore, io: &Io, shutdown: &Shutdown) -> zmq::Result<()>
             for _ in 0..BATCH {
                 match io.backend.recv_multipart(zmq::DONTWAIT) {
                     Ok(frames) => {
-                        core.handle_server(Instant::now(), wall_now(), frames);
+                        core.handle_server(Instant::now(), crate::wall_clock(), frames);
                         flush(core, io);
                     }
                     Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => break,
@@ -230,7 +229,7 @@ fn drive(core: &mut BrokerCore, io: &Io, shutdown: &Shutdown) -> zmq::Result<()>
             for _ in 0..BATCH {
                 match io.frontend.recv_multipart(zmq::DONTWAIT) {
                     Ok(frames) => {
-                        core.handle_client(Instant::now(), wall_now(), frames);
+                        core.handle_client(Instant::now(), crate::wall_clock(), frames);
                         flush(core, io);
                     }
                     Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => break,
@@ -243,7 +242,7 @@ fn drive(core: &mut BrokerCore, io: &Io, shutdown: &Shutdown) -> zmq::Result<()>
             // Messages still unread on the backend may be the very heartbeats that prove a
             // server alive; the core judges silence only without such a backlog.
             let backlog = io.backend.poll(zmq::POLLIN, 0).map_or(true, |n| n > 0);
-            core.handle_timeout(now, wall_now(), backlog);
+            core.handle_timeout(now, crate::wall_clock(), backlog);
             flush(core, io);
         }
     }
@@ -309,14 +308,6 @@ fn send_now(socket: &zmq::Socket, frames: &[&[u8]]) -> zmq::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The wall clock as a wire timestamp.
-fn wall_now() -> Timestamp {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Timestamp::from_millis(ms)
 }
 
 #[cfg(test)]

@@ -62,6 +62,15 @@ impl std::fmt::Debug for Context {
     }
 }
 
+/// The operating system's wall clock as a wire timestamp (milliseconds since the Unix
+/// epoch; 0 before it). The drivers read it and hand it to the cores.
+pub(crate) fn wall_clock() -> chat_core::Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    chat_core::Timestamp::from_millis(ms)
+}
+
 /// A flag shared between a component and whoever wants it to stop.
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown(Arc<AtomicBool>);

@@ -24,9 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use chat_core::time::Timestamp;
+use std::time::{Duration, Instant};
 
 pub use chat_node::reference::{
     Change, ReferenceCore, ReferenceStats, Registry, RegistryError, DEFAULT_MAX_SERVERS,
@@ -167,7 +165,7 @@ impl Reference {
                         Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => break,
                         Err(e) => return Err(e.into()),
                     };
-                    let reply = core.handle_message(frames, Instant::now(), wall_clock());
+                    let reply = core.handle_message(frames, Instant::now(), crate::wall_clock());
                     // A new rank is durable before the reply that reveals it leaves; if it
                     // cannot be saved, the reference stops rather than hand it out.
                     if let Some(assignments) = core.take_unsaved() {
@@ -243,12 +241,4 @@ fn save_ranks(dir: &Path, assignments: &[(String, u64)]) -> Result<(), Reference
             path: dir.join(RANKS_FILE),
             reason: e.to_string(),
         })
-}
-
-/// The wall clock as a wire timestamp.
-fn wall_clock() -> Timestamp {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Timestamp::from_millis(ms)
 }

@@ -38,7 +38,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use chat_core::protocol::{
     decode_announcement, decode_publication, decode_reply, encode_request, HistoryPage,
@@ -46,7 +46,7 @@ use chat_core::protocol::{
 use chat_core::{
     Announcement, ChannelPost, ChatError, DirectPost, Encoding, ErrorCode, HistoryTarget,
     LamportClock, Meta, Publication, Reply, ReplyEnvelope, Request, RequestEnvelope, ServerStatus,
-    Timestamp, TOPIC_SERVERS,
+    TOPIC_SERVERS,
 };
 use chat_node::delivery::{Delivery, Fetch};
 use crossbeam_channel::{Receiver, Sender};
@@ -184,13 +184,6 @@ pub struct Client {
 /// Capacity of the event channel; events beyond it are dropped (and counted) rather than
 /// letting an application that never reads grow memory without bound.
 pub const EVENT_QUEUE: usize = 65_536;
-
-fn now() -> Timestamp {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    Timestamp::from_millis(ms)
-}
 
 /// A fresh random request id (128 bits, hex).
 pub fn new_request_id() -> String {
@@ -336,7 +329,7 @@ impl Client {
             request,
             meta: Meta {
                 clock,
-                timestamp: Some(now()),
+                timestamp: Some(crate::wall_clock()),
                 id,
             },
         };

@@ -536,7 +536,7 @@ impl Fetcher {
             },
             meta: Meta {
                 clock: clock.lock().tick(),
-                timestamp: Some(self::now()),
+                timestamp: Some(crate::wall_clock()),
                 id: None,
             },
         };

@@ -24,7 +24,7 @@
 pub(crate) mod commit;
 pub(crate) mod links;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use chat_core::{Event, TOPIC_REPLICATION, TOPIC_SERVERS};
 use chat_node::server::{EventReader, Recovered, ServerCore, Time, Transmit};
@@ -92,15 +92,8 @@ pub fn run_server_reporting(
     Ok(())
 }
 
-/// The OS clock in milliseconds since the Unix epoch.
-fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 fn now() -> Time {
-    Time::new(Instant::now(), wall_ms())
+    Time::new(Instant::now(), crate::wall_clock().millis())
 }
 
 /// Reads of the shared store for the core.
