@@ -207,7 +207,7 @@ impl ServerCore {
         let Some(by) = self.bully_start_by else {
             return;
         };
-        let all_heard = self.peers.names().iter().all(|p| self.heard.contains(p));
+        let all_heard = self.peers.links().all(|l| self.heard.contains(&l.name));
         if all_heard || now >= by {
             if let Some(b) = self.bully.as_mut() {
                 b.start(now);

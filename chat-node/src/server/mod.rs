@@ -719,7 +719,7 @@ impl ServerCore {
             self.registrar.as_ref().map(Registrar::next_deadline),
             self.broker.registered.then_some(self.broker.next_heartbeat),
             (!self.caught_up && !self.grace_over).then_some(self.started + ALONE_GRACE),
-            (!self.peers.names().is_empty()).then_some(self.next_sync),
+            (!self.peers.is_empty()).then_some(self.next_sync),
             self.bully_start_by
                 .filter(|_| !self.bully_started && self.bully.is_some()),
         ]

@@ -73,6 +73,11 @@ impl Peers {
         self.links.keys().cloned().collect()
     }
 
+    /// Whether no peer is known.
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
     /// Whether `name` is a known peer.
     pub fn contains(&self, name: &str) -> bool {
         self.links.contains_key(name)
