@@ -1,4 +1,5 @@
-//! The chat domain as a pure, deterministic state machine.
+//! The chat domain as a pure, deterministic state machine: the small state a server keeps
+//! in memory.
 //!
 //! A write is checked against the current state ([`ChatState::validate`]) when a server
 //! accepts it, and becomes an [`Event`] stamped with a unique id (origin server and that
@@ -8,16 +9,26 @@
 //! That is what lets replicas converge whatever the replication path does. History is
 //! ordered by (Lamport clock, origin, sequence), the same on every replica.
 //!
+//! The state is small on purpose: users, channels, what was applied per origin, counters,
+//! the digest, and a bounded window of recent request ids. Posts and private messages live
+//! in the store (`chat-store`), which keeps the same visibility rule ([`shows`]) and serves
+//! history pages ([`history_page`]) through an index; a server recovers this state from the
+//! store's [`Summary`] without reading history.
+//!
+//! Two events with the same client request id are one write accepted twice (a retry that
+//! reached another server before the first copy was replicated): only the one with the
+//! smallest event id is visible. Deciding that needs the visible event of a request id;
+//! the window answers for recent ones, and [`ChatState::apply_with`] asks its caller (the
+//! store's index) for older ones, so the rule is exact however old the copy.
+//!
 //! It works on the plain data of [`crate::model`] and knows nothing of the wire: how events
 //! travel and are stored is [`crate::wire`]'s business, requests are [`crate::protocol`]'s.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::convert::Infallible;
 
 use crate::error::{ChatError, NameKind};
-use crate::model::{
-    ChannelPost, DirectPost, Event, EventId, EventKind, HistoryPage, HistoryTarget, Publication,
-    Stamp,
-};
+use crate::model::{Event, EventId, EventKind, HistoryPage, Stamp};
 use crate::time::Timestamp;
 use crate::validate::{validate_message, validate_name, Limits};
 
@@ -29,6 +40,19 @@ pub struct AppliedSeqs {
 }
 
 impl AppliedSeqs {
+    /// Everything through `contiguous`, plus the sequence numbers `above` (those at or below
+    /// `contiguous` are ignored).
+    pub fn from_parts(contiguous: u64, above: impl IntoIterator<Item = u64>) -> Self {
+        let mut a = AppliedSeqs {
+            contiguous,
+            above: BTreeSet::new(),
+        };
+        for s in above {
+            a.insert(s);
+        }
+        a
+    }
+
     /// Whether `seq` was applied.
     pub fn contains(&self, seq: u64) -> bool {
         seq <= self.contiguous || self.above.contains(&seq)
@@ -56,6 +80,11 @@ impl AppliedSeqs {
         self.above.last().copied().unwrap_or(self.contiguous)
     }
 
+    /// Applied sequence numbers above [`AppliedSeqs::contiguous`], ascending.
+    pub fn above(&self) -> impl Iterator<Item = u64> + '_ {
+        self.above.iter().copied()
+    }
+
     /// Sequence numbers missing below the highest applied one.
     pub fn gaps(&self) -> Vec<u64> {
         let mut out = Vec::new();
@@ -77,33 +106,139 @@ pub enum ApplyOutcome {
     Duplicate,
 }
 
-/// The replicated chat state: users, channels, posts and private messages.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ChatState {
-    users: BTreeMap<String, BTreeMap<Stamp, Timestamp>>,
-    channels: BTreeMap<String, BTreeSet<Stamp>>,
-    posts: BTreeMap<String, BTreeMap<Stamp, ChannelPost>>,
-    directs: BTreeMap<Stamp, DirectPost>,
-    direct_index: BTreeMap<String, BTreeSet<Stamp>>,
-    applied: BTreeMap<String, AppliedSeqs>,
-    /// Per channel, per origin, the sequence numbers of its visible posts there.
-    channel_seqs: BTreeMap<String, BTreeMap<String, BTreeSet<u64>>>,
-    /// Per recipient, per origin, the sequence numbers of the visible private messages to
-    /// them (what is published on the recipient's topic).
-    inbox_seqs: BTreeMap<String, BTreeMap<String, BTreeSet<u64>>>,
-    requests: BTreeMap<String, RequestWinner>,
-    max_clock: u64,
-    events: u64,
-    digest_acc: u64,
+/// Whether an event with id `new` is the visible copy of its request, given the copy that
+/// was visible so far (`None`: none, or the event has no request id). When it is and
+/// `winner` is some, that copy becomes hidden.
+pub fn shows(new: &EventId, winner: Option<&EventId>) -> bool {
+    winner.is_none_or(|w| new < w)
 }
+
+/// The hash of an event's visible content that the state digest combines (by XOR).
+pub fn event_hash(e: &Event) -> u64 {
+    content_hash(&e.stamp(), &e.kind, e.timestamp)
+}
+
+/// The small state as a store keeps it, to recover a [`ChatState`] without replaying history.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Users, each with its number of visible logins.
+    pub users: BTreeMap<String, u64>,
+    /// Channels, each with its number of visible creations.
+    pub channels: BTreeMap<String, u64>,
+    /// Sequence numbers applied per origin.
+    pub applied: BTreeMap<String, AppliedSeqs>,
+    /// Largest Lamport stamp of any event.
+    pub max_clock: u64,
+    /// Number of distinct events.
+    pub events: u64,
+    /// Visible channel posts plus private messages.
+    pub messages: u64,
+    /// XOR of [`event_hash`] over the visible events.
+    pub digest: u64,
+}
+
+impl Summary {
+    /// Accounts for event `e` being shown (`show`) or hidden.
+    pub fn count(&mut self, e: &Event, show: bool) {
+        self.count_hashed(e, event_hash(e), show);
+    }
+
+    /// [`Summary::count`] with the event's [`event_hash`] already known (`e`'s body may
+    /// then be cleared).
+    pub fn count_hashed(&mut self, e: &Event, hash: u64, show: bool) {
+        fn bump(map: &mut BTreeMap<String, u64>, key: &str, show: bool) {
+            if show {
+                *map.entry(key.to_string()).or_default() += 1;
+            } else if let Some(n) = map.get_mut(key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(key);
+                }
+            }
+        }
+        self.digest ^= hash;
+        match &e.kind {
+            EventKind::UserLoggedIn { user } => bump(&mut self.users, user, show),
+            EventKind::ChannelCreated { channel } => bump(&mut self.channels, channel, show),
+            EventKind::ChannelMessage { .. } | EventKind::DirectMessage { .. } => {
+                if show {
+                    self.messages += 1;
+                } else {
+                    self.messages = self.messages.saturating_sub(1);
+                }
+            }
+        }
+    }
+}
+
+/// How many request ids the window keeps in memory, by count and by age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestWindow {
+    /// Most request ids kept.
+    pub max_count: usize,
+    /// Oldest request id kept, in milliseconds of event time before the newest.
+    pub max_age_ms: u64,
+}
+
+impl RequestWindow {
+    /// No bound: every request id stays (for tests and tools that hold everything anyway).
+    pub const UNBOUNDED: RequestWindow = RequestWindow {
+        max_count: usize::MAX,
+        max_age_ms: u64::MAX,
+    };
+}
+
+impl Default for RequestWindow {
+    /// 100,000 request ids or two minutes, whichever is fewer.
+    fn default() -> Self {
+        RequestWindow {
+            max_count: 100_000,
+            max_age_ms: 120_000,
+        }
+    }
+}
+
+/// The replicated chat state a server keeps in memory (see the module docs).
+///
+/// Two states are equal when their summaries are and their windows hold the same request
+/// ids with the same visible events (in whatever order they entered).
+#[derive(Debug, Clone, Default)]
+pub struct ChatState {
+    summary: Summary,
+    /// Recent request ids and their visible event.
+    requests: BTreeMap<String, RequestWinner>,
+    /// Request ids in the order they entered `requests`: (serial, event time, id).
+    request_order: VecDeque<(u64, i64, String)>,
+    /// Serial of the next entry of `request_order`.
+    serial: u64,
+    /// Largest event timestamp applied since this state was built (milliseconds).
+    newest_ms: i64,
+}
+
+impl PartialEq for ChatState {
+    fn eq(&self, other: &Self) -> bool {
+        self.summary == other.summary
+            && self.requests.len() == other.requests.len()
+            && self.requests.iter().all(|(rid, w)| {
+                other
+                    .requests
+                    .get(rid)
+                    .is_some_and(|o| o.event == w.event && o.hash == w.hash)
+            })
+    }
+}
+
+impl Eq for ChatState {}
 
 /// The visible event of a client request id, and what to remove if an earlier copy appears.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct RequestWinner {
-    id: EventId,
-    stamp: Stamp,
-    kind: EventKind,
+    /// The event, its body cleared (what `Summary::count_hashed` needs to hide it).
+    event: Event,
+    /// Its [`event_hash`].
     hash: u64,
+    /// Serial of its entry in `request_order`.
+    serial: u64,
 }
 
 impl ChatState {
@@ -112,12 +247,20 @@ impl ChatState {
         ChatState::default()
     }
 
+    /// The state a store's summary describes (its request window empty).
+    pub fn from_summary(summary: Summary) -> Self {
+        ChatState {
+            summary,
+            ..ChatState::default()
+        }
+    }
+
     /// Checks whether a write may be accepted now; `Ok` means the origin may turn it into an event.
     pub fn validate(&self, kind: &EventKind, limits: &Limits) -> Result<(), ChatError> {
         match kind {
             EventKind::UserLoggedIn { user } => {
                 validate_name(NameKind::User, user)?;
-                if self.channels.contains_key(user) {
+                if self.summary.channels.contains_key(user) {
                     return Err(ChatError::AlreadyExists(format!(
                         "`{user}` is a channel; users and channels share topics, choose another name"
                     )));
@@ -125,12 +268,12 @@ impl ChatState {
             }
             EventKind::ChannelCreated { channel } => {
                 validate_name(NameKind::Channel, channel)?;
-                if self.channels.contains_key(channel) {
+                if self.summary.channels.contains_key(channel) {
                     return Err(ChatError::AlreadyExists(format!(
                         "channel `{channel}` already exists"
                     )));
                 }
-                if self.users.contains_key(channel) {
+                if self.summary.users.contains_key(channel) {
                     return Err(ChatError::AlreadyExists(format!(
                         "`{channel}` is a user; users and channels share topics, choose another name"
                     )));
@@ -144,7 +287,7 @@ impl ChatState {
                 validate_name(NameKind::User, user)?;
                 validate_name(NameKind::Channel, channel)?;
                 validate_message(message, limits)?;
-                if !self.channels.contains_key(channel) {
+                if !self.summary.channels.contains_key(channel) {
                     return Err(ChatError::UnknownChannel(channel.clone()));
                 }
             }
@@ -152,7 +295,7 @@ impl ChatState {
                 validate_name(NameKind::User, src)?;
                 validate_name(NameKind::User, dst)?;
                 validate_message(message, limits)?;
-                if !self.users.contains_key(dst) {
+                if !self.summary.users.contains_key(dst) {
                     return Err(ChatError::UnknownUser(dst.clone()));
                 }
             }
@@ -160,310 +303,200 @@ impl ChatState {
         Ok(())
     }
 
-    /// Applies an event; idempotent and commutative.
-    ///
-    /// Events that carry the same client request id are one write accepted twice (a retry
-    /// that reached another server before the first copy was replicated): all of them are
-    /// recorded as applied, but only the one with the smallest event id is visible in
-    /// users, channels and history. Which one that is does not depend on arrival order.
+    /// Applies an event when every request id it may meet is in the window (an unbounded
+    /// window, or a state that holds every event); idempotent and commutative.
     pub fn apply(&mut self, e: &Event) -> ApplyOutcome {
-        if !self
+        match self.apply_with(e, |_| Ok::<_, Infallible>(None)) {
+            Ok(outcome) => outcome,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Applies an event; idempotent and commutative. When the event's request id is not in
+    /// the window, `lookup` gives the visible event of that request id among the events
+    /// applied before and no longer in the window (the store's index). Nothing changes if
+    /// `lookup` fails.
+    pub fn apply_with<E>(
+        &mut self,
+        e: &Event,
+        lookup: impl FnOnce(&str) -> Result<Option<Event>, E>,
+    ) -> Result<ApplyOutcome, E> {
+        if self.contains(&e.id) {
+            return Ok(ApplyOutcome::Duplicate);
+        }
+        let mut hide = None;
+        let hash = event_hash(e);
+        if let Some(rid) = &e.request_id {
+            let winner = match self.requests.get(rid) {
+                Some(w) => Some((w.event.clone(), w.hash)),
+                None => lookup(rid)?.map(|w| {
+                    let h = event_hash(&w);
+                    (w, h)
+                }),
+            };
+            if !shows(&e.id, winner.as_ref().map(|(w, _)| &w.id)) {
+                self.record(e);
+                return Ok(ApplyOutcome::Applied);
+            }
+            hide = winner;
+            self.remember(rid, e, hash);
+        }
+        self.record(e);
+        if let Some((loser, h)) = hide {
+            self.summary.count_hashed(&loser, h, false);
+        }
+        self.summary.count_hashed(e, hash, true);
+        Ok(ApplyOutcome::Applied)
+    }
+
+    /// Counts `e` as applied (visible or not).
+    fn record(&mut self, e: &Event) {
+        self.summary
             .applied
             .entry(e.id.origin.clone())
             .or_default()
-            .insert(e.id.seq)
-        {
-            return ApplyOutcome::Duplicate;
-        }
-        self.events += 1;
-        self.max_clock = self.max_clock.max(e.clock);
-        let stamp = e.stamp();
-        let hash = content_hash(&stamp, &e.kind, e.timestamp);
-        if let Some(rid) = &e.request_id {
-            match self.requests.get(rid) {
-                Some(winner) if winner.id < e.id => return ApplyOutcome::Applied,
-                Some(winner) => {
-                    let loser = winner.clone();
-                    self.hide(&loser.stamp, &loser.kind);
-                    self.digest_acc ^= loser.hash;
-                }
-                None => {}
-            }
-            // Keep what `hide` needs, not the message body.
-            let mut kind = e.kind.clone();
-            if let EventKind::ChannelMessage { message, .. }
-            | EventKind::DirectMessage { message, .. } = &mut kind
-            {
-                message.clear();
-            }
-            self.requests.insert(
-                rid.clone(),
-                RequestWinner {
-                    id: e.id.clone(),
-                    stamp: stamp.clone(),
-                    kind,
-                    hash,
-                },
-            );
-        }
-        self.digest_acc ^= hash;
-        match &e.kind {
-            EventKind::UserLoggedIn { user } => {
-                self.users
-                    .entry(user.clone())
-                    .or_default()
-                    .insert(stamp, e.timestamp);
-            }
-            EventKind::ChannelCreated { channel } => {
-                self.channels
-                    .entry(channel.clone())
-                    .or_default()
-                    .insert(stamp);
-            }
-            EventKind::ChannelMessage { channel, .. } => {
-                if let Some(Publication::Channel(post)) = e.publication() {
-                    add_seq(&mut self.channel_seqs, channel, &e.id);
-                    self.posts
-                        .entry(channel.clone())
-                        .or_default()
-                        .insert(stamp, post);
-                }
-            }
-            EventKind::DirectMessage { src, dst, .. } => {
-                if let Some(Publication::Direct(post)) = e.publication() {
-                    add_seq(&mut self.inbox_seqs, dst, &e.id);
-                    self.direct_index
-                        .entry(src.clone())
-                        .or_default()
-                        .insert(stamp.clone());
-                    self.direct_index
-                        .entry(dst.clone())
-                        .or_default()
-                        .insert(stamp.clone());
-                    self.directs.insert(stamp, post);
-                }
-            }
-        }
-        ApplyOutcome::Applied
+            .insert(e.id.seq);
+        self.summary.events += 1;
+        self.summary.max_clock = self.summary.max_clock.max(e.clock);
+        self.newest_ms = self.newest_ms.max(e.timestamp.millis());
     }
 
-    /// Removes a visible event's content (it lost to an earlier copy of the same request).
-    fn hide(&mut self, stamp: &Stamp, kind: &EventKind) {
-        match kind {
-            EventKind::ChannelMessage { channel, .. } => {
-                remove_seq(&mut self.channel_seqs, channel, &stamp.origin, stamp.seq);
-            }
-            EventKind::DirectMessage { dst, .. } => {
-                remove_seq(&mut self.inbox_seqs, dst, &stamp.origin, stamp.seq);
-            }
-            _ => {}
+    /// Largest event timestamp applied since this state was built, in milliseconds (the
+    /// "now" of the window's age bound: it follows the events, not a clock).
+    pub fn newest_timestamp_ms(&self) -> i64 {
+        self.newest_ms
+    }
+
+    /// Puts `e` in the window as the visible event of `rid`.
+    fn remember(&mut self, rid: &str, e: &Event, hash: u64) {
+        // Keep what hiding needs, not the message body.
+        let mut event = e.clone();
+        if let EventKind::ChannelMessage { message, .. }
+        | EventKind::DirectMessage { message, .. } = &mut event.kind
+        {
+            message.clear();
         }
-        fn remove_empty<K: Ord + Clone, V>(
-            map: &mut BTreeMap<K, V>,
-            key: &K,
-            empty: impl Fn(&V) -> bool,
-        ) {
-            if map.get(key).is_some_and(empty) {
-                map.remove(key);
+        let serial = self.serial;
+        self.serial += 1;
+        self.request_order
+            .push_back((serial, e.timestamp.millis(), rid.to_string()));
+        self.requests.insert(
+            rid.to_string(),
+            RequestWinner {
+                event,
+                hash,
+                serial,
+            },
+        );
+    }
+
+    /// The serial the next request id entering the window gets: entries below it were
+    /// applied before now.
+    pub fn request_mark(&self) -> u64 {
+        self.serial
+    }
+
+    /// Forgets request ids that entered the window before `mark` (their events are
+    /// durable, so the store's index answers for them) while the window holds more than
+    /// `window.max_count` ids or their event time is more than `window.max_age_ms` before
+    /// `now_ms`. Returns how many were forgotten.
+    pub fn trim_requests(&mut self, mark: u64, now_ms: i64, window: RequestWindow) -> usize {
+        let mut forgotten = 0;
+        let horizon = now_ms.saturating_sub(i64::try_from(window.max_age_ms).unwrap_or(i64::MAX));
+        while let Some((serial, at, _)) = self.request_order.front() {
+            let over = self.request_order.len() > window.max_count || *at < horizon;
+            if *serial >= mark || !over {
+                break;
+            }
+            if let Some((serial, _, rid)) = self.request_order.pop_front() {
+                if self.requests.get(&rid).is_some_and(|w| w.serial == serial) {
+                    self.requests.remove(&rid);
+                    forgotten += 1;
+                }
             }
         }
-        match kind {
-            EventKind::UserLoggedIn { user } => {
-                if let Some(logins) = self.users.get_mut(user) {
-                    logins.remove(stamp);
-                }
-                remove_empty(&mut self.users, user, BTreeMap::is_empty);
-            }
-            EventKind::ChannelCreated { channel } => {
-                if let Some(creations) = self.channels.get_mut(channel) {
-                    creations.remove(stamp);
-                }
-                remove_empty(&mut self.channels, channel, BTreeSet::is_empty);
-            }
-            EventKind::ChannelMessage { channel, .. } => {
-                if let Some(log) = self.posts.get_mut(channel) {
-                    log.remove(stamp);
-                }
-                remove_empty(&mut self.posts, channel, BTreeMap::is_empty);
-            }
-            EventKind::DirectMessage { src, dst, .. } => {
-                self.directs.remove(stamp);
-                for u in [src, dst] {
-                    if let Some(index) = self.direct_index.get_mut(u) {
-                        index.remove(stamp);
-                    }
-                    remove_empty(&mut self.direct_index, u, BTreeSet::is_empty);
-                }
-            }
-        }
+        forgotten
+    }
+
+    /// Request ids in the window.
+    pub fn window_len(&self) -> usize {
+        self.requests.len()
     }
 
     /// Whether an event was applied.
     pub fn contains(&self, id: &EventId) -> bool {
-        self.applied
+        self.summary
+            .applied
             .get(&id.origin)
             .is_some_and(|a| a.contains(id.seq))
     }
 
-    /// The event that a client request id produced, if any.
+    /// The visible event of a client request id, if it is in the window.
     pub fn event_for_request(&self, request_id: &str) -> Option<&EventId> {
-        self.requests.get(request_id).map(|w| &w.id)
+        self.requests.get(request_id).map(|w| &w.event.id)
     }
 
     /// Sequence numbers applied per origin.
     pub fn applied(&self) -> &BTreeMap<String, AppliedSeqs> {
-        &self.applied
+        &self.summary.applied
     }
 
     /// Highest `n` such that events 1..=n of `origin` are all applied.
     pub fn applied_through(&self, origin: &str) -> u64 {
-        self.applied.get(origin).map_or(0, AppliedSeqs::contiguous)
+        self.summary
+            .applied
+            .get(origin)
+            .map_or(0, AppliedSeqs::contiguous)
     }
 
     /// Largest Lamport stamp of any applied event.
     pub fn max_clock(&self) -> u64 {
-        self.max_clock
+        self.summary.max_clock
     }
 
     /// Number of distinct events applied.
     pub fn event_count(&self) -> u64 {
-        self.events
+        self.summary.events
     }
 
     /// User names, sorted.
     pub fn users(&self) -> Vec<String> {
-        self.users.keys().cloned().collect()
+        self.summary.users.keys().cloned().collect()
+    }
+
+    /// Number of users.
+    pub fn user_count(&self) -> usize {
+        self.summary.users.len()
     }
 
     /// Whether a user exists.
     pub fn has_user(&self, user: &str) -> bool {
-        self.users.contains_key(user)
-    }
-
-    /// Login times of a user, in event order.
-    pub fn logins(&self, user: &str) -> Vec<Timestamp> {
-        self.users
-            .get(user)
-            .map(|m| m.values().copied().collect())
-            .unwrap_or_default()
+        self.summary.users.contains_key(user)
     }
 
     /// Channel names, sorted.
     pub fn channels(&self) -> Vec<String> {
-        self.channels.keys().cloned().collect()
+        self.summary.channels.keys().cloned().collect()
+    }
+
+    /// Number of channels.
+    pub fn channel_count(&self) -> usize {
+        self.summary.channels.len()
     }
 
     /// Whether a channel exists.
     pub fn has_channel(&self, channel: &str) -> bool {
-        self.channels.contains_key(channel)
+        self.summary.channels.contains_key(channel)
     }
 
-    /// Number of channel posts plus private messages.
+    /// Number of visible channel posts plus private messages.
     pub fn message_count(&self) -> u64 {
-        let posts: usize = self.posts.values().map(BTreeMap::len).sum();
-        (posts + self.directs.len()) as u64
+        self.summary.messages
     }
 
-    /// All channel posts, in history order per channel (channels sorted).
-    pub fn all_posts(&self) -> impl Iterator<Item = &ChannelPost> {
-        self.posts.values().flat_map(BTreeMap::values)
-    }
-
-    /// All private messages, in history order.
-    pub fn all_directs(&self) -> impl Iterator<Item = &DirectPost> {
-        self.directs.values()
-    }
-
-    /// A page of history, oldest first: the `limit` newest items strictly before `before`,
-    /// cut earlier if their bodies add up to more than [`HISTORY_PAGE_BYTES`] (at least one
-    /// item is always returned, so paging always progresses).
-    pub fn history(
-        &self,
-        target: &HistoryTarget,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<HistoryPage, ChatError> {
-        let before = before.map(Stamp::parse_cursor).transpose()?;
-        let limit = limit.max(1);
-        let (mut items, more): (Vec<(Stamp, Publication)>, bool) = match target {
-            HistoryTarget::Channel(c) => {
-                let Some(log) = self.posts.get(c) else {
-                    if self.channels.contains_key(c) {
-                        return Ok(HistoryPage {
-                            heads: Some(BTreeMap::new()),
-                            ..HistoryPage::default()
-                        });
-                    }
-                    return Err(ChatError::UnknownChannel(c.clone()));
-                };
-                let it = match &before {
-                    Some(b) => {
-                        Box::new(log.range(..b.clone()).rev()) as Box<dyn Iterator<Item = _>>
-                    }
-                    None => Box::new(log.iter().rev()),
-                };
-                newest_first(it.map(|(s, p)| (s, Publication::Channel(p.clone()))), limit)
-            }
-            HistoryTarget::User(u) => {
-                let Some(index) = self.direct_index.get(u) else {
-                    if self.users.contains_key(u) {
-                        return Ok(HistoryPage {
-                            heads: Some(BTreeMap::new()),
-                            ..HistoryPage::default()
-                        });
-                    }
-                    return Err(ChatError::UnknownUser(u.clone()));
-                };
-                let it = match &before {
-                    Some(b) => {
-                        Box::new(index.range(..b.clone()).rev()) as Box<dyn Iterator<Item = _>>
-                    }
-                    None => Box::new(index.iter().rev()),
-                };
-                let it = it.filter_map(|s| {
-                    self.directs
-                        .get(s)
-                        .map(|p| (s, Publication::Direct(p.clone())))
-                });
-                newest_first(it, limit)
-            }
-        };
-        items.reverse();
-        let next = if more {
-            items.first().map(|(s, _)| s.cursor())
-        } else {
-            None
-        };
-        Ok(HistoryPage {
-            items: items.into_iter().map(|(_, p)| p).collect(),
-            next,
-            heads: Some(self.heads(target)),
-        })
-    }
-
-    /// Per origin, the highest sequence number of a visible post published on `target`'s
-    /// topic (a channel's posts; for a user, the private messages sent to them), counting
-    /// only the events held without a gap from that origin (sequence numbers up to
-    /// [`ChatState::applied_through`]): every visible post of that origin on the topic up to
-    /// that number is here. A copy hidden because it lost to an earlier copy of the same
-    /// request does not count. Origins with no such post are absent.
-    ///
-    /// Sequence numbers of one origin grow with the time it accepted the writes, so a
-    /// subscriber can tell from these what of an origin it has not seen yet, whatever the
-    /// Lamport clocks of different origins (see `chat_node::delivery`).
-    pub fn heads(&self, target: &HistoryTarget) -> BTreeMap<String, u64> {
-        let seqs = match target {
-            HistoryTarget::Channel(c) => self.channel_seqs.get(c),
-            HistoryTarget::User(u) => self.inbox_seqs.get(u),
-        };
-        let mut out = BTreeMap::new();
-        for (origin, set) in seqs.into_iter().flatten() {
-            let through = self.applied_through(origin);
-            if let Some(&seq) = set.range(..=through).next_back() {
-                out.insert(origin.clone(), seq);
-            }
-        }
-        out
+    /// The small state, as a store keeps it.
+    pub fn summary(&self) -> &Summary {
+        &self.summary
     }
 
     /// A digest of the replicated content: equal on replicas that applied the same events.
@@ -471,37 +504,38 @@ impl ChatState {
     /// The XOR of a hash of every visible event (stamp, content, timestamp), kept up to date
     /// by `apply`, so reading it costs nothing whatever the size of the state.
     pub fn digest(&self) -> String {
-        format!("{:016x}", self.digest_acc)
+        format!("{:016x}", self.summary.digest)
     }
 }
 
-/// Records that `id` is a visible post on `topic`.
-fn add_seq(map: &mut BTreeMap<String, BTreeMap<String, BTreeSet<u64>>>, topic: &str, id: &EventId) {
-    map.entry(topic.to_string())
-        .or_default()
-        .entry(id.origin.clone())
-        .or_default()
-        .insert(id.seq);
-}
-
-/// Forgets that `origin/seq` is a visible post on `topic` (it was hidden).
-fn remove_seq(
-    map: &mut BTreeMap<String, BTreeMap<String, BTreeSet<u64>>>,
-    topic: &str,
-    origin: &str,
-    seq: u64,
-) {
-    let Some(origins) = map.get_mut(topic) else {
-        return;
+/// A history page from the items before its cursor, newest first (at most `limit + 1` of
+/// them are needed): the `limit` newest, cut earlier if their bodies add up to more than
+/// [`HISTORY_PAGE_BYTES`] (at least one item is always returned, so paging always
+/// progresses), oldest first, with the cursor of the next page when older items remain.
+pub fn history_page(
+    newest_first: impl IntoIterator<Item = Event>,
+    limit: usize,
+    heads: BTreeMap<String, u64>,
+) -> HistoryPage {
+    let mut budget = PageBudget::new(limit.max(1));
+    let mut items = newest_first
+        .into_iter()
+        .filter_map(|e| e.publication().map(|p| (e.stamp(), p)));
+    let mut page: Vec<(Stamp, _)> = items
+        .by_ref()
+        .take_while(|(_, p)| budget.admit(p.message().len()))
+        .collect();
+    let more = budget.refused || items.next().is_some();
+    page.reverse();
+    let next = if more {
+        page.first().map(|(s, _)| s.cursor())
+    } else {
+        None
     };
-    if let Some(set) = origins.get_mut(origin) {
-        set.remove(&seq);
-        if set.is_empty() {
-            origins.remove(origin);
-        }
-    }
-    if origins.is_empty() {
-        map.remove(topic);
+    HistoryPage {
+        items: page.into_iter().map(|(_, p)| p).collect(),
+        next,
+        heads: Some(heads),
     }
 }
 
@@ -535,21 +569,6 @@ fn content_hash(stamp: &Stamp, kind: &EventKind, timestamp: Timestamp) -> u64 {
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
     x
-}
-
-/// Takes history items, newest first, while they fit a page; returns them and whether
-/// older items remain.
-fn newest_first<'a>(
-    mut items: impl Iterator<Item = (&'a Stamp, Publication)>,
-    limit: usize,
-) -> (Vec<(Stamp, Publication)>, bool) {
-    let mut budget = PageBudget::new(limit);
-    let page: Vec<_> = items
-        .by_ref()
-        .take_while(|(_, p)| budget.admit(p.message().len()))
-        .map(|(s, p)| (s.clone(), p))
-        .collect();
-    (page, budget.refused || items.next().is_some())
 }
 
 /// Most message bytes in one history page, so a reply stays well under the 1 MiB frame limit.
@@ -736,182 +755,6 @@ mod tests {
     }
 
     #[test]
-    fn post_before_channel_creation_is_kept() {
-        let mut s = ChatState::new();
-        s.apply(&ev("b", 1, 5, post("geral", "ana", "early")));
-        s.apply(&ev(
-            "a",
-            1,
-            1,
-            EventKind::ChannelCreated {
-                channel: "geral".into(),
-            },
-        ));
-        let page = s
-            .history(&HistoryTarget::Channel("geral".into()), None, 10)
-            .unwrap();
-        assert_eq!(page.items.len(), 1);
-    }
-
-    #[test]
-    fn history_pages_backwards_in_stamp_order() {
-        let mut s = ChatState::new();
-        s.apply(&ev(
-            "a",
-            1,
-            1,
-            EventKind::ChannelCreated {
-                channel: "c".into(),
-            },
-        ));
-        // Same clock on two origins: ordered by origin.
-        for (i, origin) in [(2, "b"), (2, "a"), (3, "a"), (4, "c"), (5, "a")] {
-            let seq = s.applied_through(origin) + 1;
-            s.apply(&ev(
-                origin,
-                seq,
-                i,
-                post("c", origin, &format!("{i}{origin}")),
-            ));
-        }
-        let target = HistoryTarget::Channel("c".into());
-        let p1 = s.history(&target, None, 2).unwrap();
-        let bodies: Vec<_> = p1
-            .items
-            .iter()
-            .map(|p| match p {
-                Publication::Channel(c) => c.message.clone(),
-                _ => unreachable!(),
-            })
-            .collect();
-        assert_eq!(bodies, ["4c", "5a"]);
-        let p2 = s.history(&target, p1.next.as_deref(), 2).unwrap();
-        let bodies: Vec<_> = p2
-            .items
-            .iter()
-            .map(|p| match p {
-                Publication::Channel(c) => c.message.clone(),
-                _ => unreachable!(),
-            })
-            .collect();
-        assert_eq!(bodies, ["2b", "3a"]);
-        let p3 = s.history(&target, p2.next.as_deref(), 2).unwrap();
-        assert_eq!(p3.items.len(), 1);
-        assert_eq!(p3.next, None);
-        assert!(s.history(&target, Some("garbage"), 2).is_err());
-    }
-
-    #[test]
-    fn history_pages_are_cut_by_bytes_and_still_page_through() {
-        let mut s = ChatState::new();
-        s.apply(&ev(
-            "a",
-            1,
-            1,
-            EventKind::ChannelCreated {
-                channel: "c".into(),
-            },
-        ));
-        let big = "x".repeat(HISTORY_PAGE_BYTES / 3 + 1);
-        for i in 0..7u64 {
-            s.apply(&ev("a", i + 2, i + 2, post("c", "ana", &big)));
-        }
-        let target = HistoryTarget::Channel("c".into());
-        let (mut seen, mut before, mut pages) = (0, None, 0);
-        loop {
-            let page = s.history(&target, before.as_deref(), 1000).unwrap();
-            assert!(!page.items.is_empty() && page.items.len() <= 2);
-            seen += page.items.len();
-            pages += 1;
-            match page.next {
-                Some(n) => before = Some(n),
-                None => break,
-            }
-            assert!(pages < 10);
-        }
-        assert_eq!(seen, 7);
-    }
-
-    #[test]
-    fn direct_history_includes_sent_and_received() {
-        let mut s = ChatState::new();
-        let dm = |src: &str, dst: &str| EventKind::DirectMessage {
-            src: src.into(),
-            dst: dst.into(),
-            message: format!("{src}->{dst}"),
-        };
-        s.apply(&ev("a", 1, 1, dm("ana", "bia")));
-        s.apply(&ev("a", 2, 2, dm("bia", "ana")));
-        s.apply(&ev("a", 3, 3, dm("bia", "caio")));
-        let ana = s
-            .history(&HistoryTarget::User("ana".into()), None, 10)
-            .unwrap();
-        assert_eq!(ana.items.len(), 2);
-        let caio = s
-            .history(&HistoryTarget::User("caio".into()), None, 10)
-            .unwrap();
-        assert_eq!(caio.items.len(), 1);
-    }
-
-    #[test]
-    fn heads_follow_visible_posts_per_origin_and_topic() {
-        let mut s = ChatState::new();
-        let geral = HistoryTarget::Channel("geral".into());
-        let bia = HistoryTarget::User("bia".into());
-        let with_rid = |mut e: Event, rid: &str| {
-            e.request_id = Some(rid.into());
-            e
-        };
-        // A low Lamport clock does not matter: heads are per origin, by sequence number.
-        s.apply(&ev("a", 1, 50, post("geral", "ana", "a1")));
-        s.apply(&ev("a", 2, 51, post("tech", "ana", "a2")));
-        s.apply(&ev("b", 1, 3, post("geral", "ana", "b1")));
-        s.apply(&ev(
-            "b",
-            2,
-            4,
-            EventKind::DirectMessage {
-                src: "ana".into(),
-                dst: "bia".into(),
-                message: "oi".into(),
-            },
-        ));
-        let heads = |s: &ChatState, t: &HistoryTarget| s.heads(t).into_iter().collect::<Vec<_>>();
-        assert_eq!(heads(&s, &geral), [("a".into(), 1), ("b".into(), 1)]);
-        assert_eq!(heads(&s, &bia), [("b".into(), 2)]);
-        assert!(s.heads(&HistoryTarget::User("ana".into())).is_empty());
-        let page = s.history(&geral, None, 1).unwrap();
-        assert_eq!(page.heads, Some(s.heads(&geral)), "every page carries them");
-        // Only what is held without a gap counts: a/4 arrives before a/3.
-        s.apply(&ev("a", 4, 60, post("geral", "ana", "a4")));
-        assert_eq!(s.heads(&geral).get("a"), Some(&1));
-        s.apply(&ev("a", 3, 59, post("random", "ana", "a3")));
-        assert_eq!(s.heads(&geral).get("a"), Some(&4));
-        // A copy that loses to an earlier copy of its request is hidden: the head goes back.
-        s.apply(&with_rid(
-            ev("c", 1, 70, post("geral", "ana", "twice")),
-            "r",
-        ));
-        assert_eq!(s.heads(&geral).get("c"), Some(&1));
-        s.apply(&with_rid(ev("b", 3, 5, post("geral", "ana", "twice")), "r"));
-        assert_eq!(s.heads(&geral).get("c"), None);
-        assert_eq!(s.heads(&geral).get("b"), Some(&3));
-        // An empty channel has empty heads, not none.
-        s.apply(&ev(
-            "a",
-            5,
-            61,
-            EventKind::ChannelCreated {
-                channel: "vazio".into(),
-            },
-        ));
-        let empty = s
-            .history(&HistoryTarget::Channel("vazio".into()), None, 10)
-            .unwrap();
-        assert_eq!(empty.heads, Some(BTreeMap::new()));
-    }
-
-    #[test]
     fn applied_seqs_track_gaps() {
         let mut a = AppliedSeqs::default();
         assert!(a.insert(1));
@@ -923,5 +766,138 @@ mod tests {
         assert!(a.insert(2));
         assert_eq!(a.contiguous(), 3);
         assert_eq!(a.max(), 5);
+    }
+    #[test]
+    fn a_copy_older_than_the_window_is_decided_by_the_lookup() {
+        let copy = |origin: &str, seq: u64, clock: u64| {
+            let mut e = ev(origin, seq, clock, post("c", "ana", "hello"));
+            e.request_id = Some("r1".into());
+            e
+        };
+        let (a, b) = (copy("a", 1, 7), copy("b", 1, 3));
+        // Reference: both copies met in the window.
+        let mut both = ChatState::new();
+        both.apply(&a);
+        both.apply(&b);
+        // `a` was applied, made durable and forgotten; `b` arrives later.
+        let mut s = ChatState::new();
+        s.apply(&a);
+        assert_eq!(s.window_len(), 1);
+        let mark = s.request_mark();
+        let tight = RequestWindow {
+            max_count: 0,
+            max_age_ms: u64::MAX,
+        };
+        assert_eq!(s.trim_requests(mark, 0, tight), 1);
+        assert_eq!(s.event_for_request("r1"), None);
+        let looked = s.apply_with(&b, |rid| {
+            assert_eq!(rid, "r1");
+            Ok::<_, ()>(Some(a.clone()))
+        });
+        assert_eq!(looked, Ok(ApplyOutcome::Applied));
+        assert_eq!(
+            s.digest(),
+            both.digest(),
+            "b hides a as if both were in the window"
+        );
+        assert_eq!(s.message_count(), 1);
+        // A failing lookup changes nothing.
+        let mut t = ChatState::new();
+        t.apply(&a);
+        t.trim_requests(t.request_mark(), 0, tight);
+        let before = t.clone();
+        assert_eq!(t.apply_with(&b, |_| Err("disk")), Err("disk"));
+        assert_eq!(t, before);
+    }
+
+    #[test]
+    fn the_window_forgets_only_what_is_marked_and_over_its_bounds() {
+        let mut s = ChatState::new();
+        let with_rid = |seq: u64, ms: i64| {
+            let mut e = ev("a", seq, seq, post("c", "ana", "x"));
+            e.timestamp = Timestamp(ms);
+            e.request_id = Some(format!("r{seq}"));
+            e
+        };
+        for seq in 1..=10 {
+            s.apply(&with_rid(seq, seq as i64 * 1_000));
+        }
+        let mark = s.request_mark();
+        s.apply(&with_rid(11, 11_000)); // not yet durable: after the mark
+        let by_count = RequestWindow {
+            max_count: 4,
+            max_age_ms: u64::MAX,
+        };
+        // Only the ten before the mark may go; the count bound keeps four in all.
+        assert_eq!(s.trim_requests(mark, 11_000, by_count), 7);
+        assert_eq!(s.window_len(), 4);
+        assert!(s.event_for_request("r7").is_none());
+        assert!(s.event_for_request("r8").is_some());
+        // By age: ids older than 1.5 s before now go, the unmarked one stays.
+        let by_age = RequestWindow {
+            max_count: usize::MAX,
+            max_age_ms: 1_500,
+        };
+        assert_eq!(s.trim_requests(mark, 11_000, by_age), 2);
+        assert!(s.event_for_request("r9").is_none());
+        assert!(s.event_for_request("r10").is_some());
+        assert_eq!(s.trim_requests(u64::MAX, 1_000_000, by_age), 2);
+        assert_eq!(s.window_len(), 0);
+        assert_eq!(s.message_count(), 11, "forgetting ids hides nothing");
+    }
+
+    #[test]
+    fn a_summary_recovers_the_same_state() {
+        let mut s = ChatState::new();
+        s.apply(&ev(
+            "a",
+            1,
+            1,
+            EventKind::UserLoggedIn { user: "ana".into() },
+        ));
+        s.apply(&ev(
+            "a",
+            2,
+            2,
+            EventKind::ChannelCreated {
+                channel: "geral".into(),
+            },
+        ));
+        s.apply(&ev("b", 3, 9, post("geral", "ana", "oi")));
+        let back = ChatState::from_summary(s.summary().clone());
+        assert_eq!(back.digest(), s.digest());
+        assert_eq!(back.users(), ["ana"]);
+        assert_eq!(back.channels(), ["geral"]);
+        assert_eq!(back.message_count(), 1);
+        assert_eq!(back.applied_through("a"), 2);
+        assert_eq!(back.applied()["b"].gaps(), [1, 2]);
+        assert_eq!(back.max_clock(), 9);
+        assert_eq!(back.event_count(), 3);
+    }
+
+    #[test]
+    fn history_pages_are_cut_by_bytes_and_count() {
+        let big = "x".repeat(HISTORY_PAGE_BYTES / 3 + 1);
+        let newest_first: Vec<Event> = (1..=7u64)
+            .rev()
+            .map(|i| ev("a", i, i, post("c", "ana", &big)))
+            .collect();
+        let page = history_page(newest_first.clone(), 1000, BTreeMap::new());
+        assert_eq!(page.items.len(), 2, "two bodies fit the byte budget");
+        assert_eq!(page.next.as_deref(), Some("6.6.a"));
+        let small: Vec<Event> = (1..=3u64)
+            .rev()
+            .map(|i| ev("a", i, i, post("c", "ana", "y")))
+            .collect();
+        let all = history_page(small.clone(), 3, BTreeMap::new());
+        assert_eq!((all.items.len(), all.next), (3, None));
+        let cut = history_page(small, 2, BTreeMap::new());
+        assert_eq!(cut.items.len(), 2);
+        assert_eq!(
+            cut.next.as_deref(),
+            Some("2.2.a"),
+            "oldest item of the page"
+        );
+        assert_eq!(history_page(Vec::new(), 5, BTreeMap::new()).items.len(), 0);
     }
 }

@@ -40,7 +40,7 @@ pub mod wire;
 
 pub use clock::LamportClock;
 pub use codec::{decode, encode, CodecError, Encoding};
-pub use domain::{ApplyOutcome, ChatState};
+pub use domain::{history_page, AppliedSeqs, ApplyOutcome, ChatState, RequestWindow, Summary};
 pub use error::{ChatError, ErrorCode, NameKind};
 pub use model::{
     Announcement, ChannelPost, DirectPost, Event, EventId, EventKind, HistoryPage, HistoryTarget,

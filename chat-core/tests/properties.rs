@@ -10,7 +10,6 @@
 use std::collections::BTreeSet;
 
 use chat_core::error::ErrorCode;
-use chat_core::model::Stamp;
 use chat_core::protocol::{
     decode_announcement, decode_publication, decode_reply, decode_request, encode_announcement,
     encode_publication, encode_reply, encode_request, ErrorReply, MAX_ACCEPTED_CLOCK,
@@ -19,7 +18,7 @@ use chat_core::protocol::{
 use chat_core::{
     Announcement, ApplyOutcome, ChannelPost, ChatState, DirectPost, Encoding, Event, EventId,
     EventKind, HistoryPage, HistoryTarget, Meta, Publication, Reply, ReplyEnvelope, Request,
-    RequestEnvelope, ServerInfo, ServerStatus, Service, Timestamp,
+    RequestEnvelope, RequestWindow, ServerInfo, ServerStatus, Service, Timestamp,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::option;
@@ -468,12 +467,6 @@ proptest! {
                 prop_assert_eq!(&decode_publication(p.topic(), &bytes).expect("decode"), &p);
             }
         }
-    }
-}
-
-fn target_name(t: &HistoryTarget) -> &str {
-    match t {
-        HistoryTarget::Channel(n) | HistoryTarget::User(n) => n,
     }
 }
 
@@ -1007,33 +1000,6 @@ fn apply_all(events: &[Event]) -> (ChatState, usize) {
     (s, applied)
 }
 
-fn stamp_of(p: &Publication) -> Stamp {
-    let id = p_id(p).expect("history items carry their event id");
-    let (origin, seq) = id.rsplit_once('/').expect("origin/seq");
-    Stamp {
-        clock: p.clock(),
-        origin: origin.to_string(),
-        seq: seq.parse().expect("seq"),
-    }
-}
-
-/// Every page of a history, following `next` until it runs out.
-fn all_pages(s: &ChatState, target: &HistoryTarget, limit: usize) -> Vec<HistoryPage> {
-    let mut pages = Vec::new();
-    let mut before: Option<String> = None;
-    loop {
-        let page = match s.history(target, before.as_deref(), limit) {
-            Ok(p) => p,
-            Err(_) => return pages,
-        };
-        before = page.next.clone();
-        pages.push(page);
-        if before.is_none() || pages.len() > 100 {
-            return pages;
-        }
-    }
-}
-
 proptest! {
     #![proptest_config(config())]
 
@@ -1051,61 +1017,16 @@ proptest! {
         prop_assert_eq!(sa.digest(), sb.digest());
         prop_assert_eq!(sa.event_count(), events.len() as u64);
 
-        let targets: Vec<HistoryTarget> = NAMES
-            .iter()
-            .flat_map(|n| [HistoryTarget::Channel(n.to_string()), HistoryTarget::User(n.to_string())])
-            .collect();
-        let mut posts_seen = 0;
-        for target in &targets {
-            // Same answers (items, cursors, errors) on both replicas, in small pages.
-            for limit in [1, 3] {
-                prop_assert_eq!(all_pages(&sa, target, limit), all_pages(&sb, target, limit));
-            }
-            prop_assert_eq!(
-                sa.history(target, None, 1000).map_err(|e| e.code()),
-                sb.history(target, None, 1000).map_err(|e| e.code())
-            );
-            // One full page is sorted by (clock, origin, seq), strictly.
-            if let Ok(page) = sa.history(target, None, 1000) {
-                let stamps: Vec<Stamp> = page.items.iter().map(stamp_of).collect();
-                prop_assert!(stamps.windows(2).all(|w| w[0] < w[1]), "unsorted: {:?}", stamps);
-                // Paging in 3s gives the same items, in the same order.
-                let paged: Vec<Publication> = all_pages(&sa, target, 3)
-                    .into_iter()
-                    .rev()
-                    .flat_map(|p| p.items)
-                    .collect();
-                prop_assert_eq!(&paged, &page.items);
-                // `heads`: per origin, the highest visible item on the topic among the
-                // events held without a gap from that origin; the same on both replicas.
-                let mut heads = std::collections::BTreeMap::new();
-                for p in &page.items {
-                    if p.topic() != target_name(target) {
-                        continue; // a user's history also holds what they sent
-                    }
-                    let st = stamp_of(p);
-                    if st.seq <= sa.applied_through(&st.origin) {
-                        let h = heads.entry(st.origin.clone()).or_insert(0);
-                        *h = (*h).max(st.seq);
-                    }
-                }
-                prop_assert_eq!(page.heads.as_ref(), Some(&heads));
-                prop_assert_eq!(sa.heads(target), sb.heads(target));
-                if let HistoryTarget::Channel(_) = target {
-                    posts_seen += page.items.len();
-                }
-            }
-        }
-        // Every visible channel post is in its channel's history (channels outside NAMES do
-        // not occur). Events sharing a request id are copies of one write: only the one
-        // with the smallest event id is visible.
+        // Every visible post and private message is counted once. Events sharing a
+        // request id are copies of one write: only the one with the smallest event id is
+        // visible.
         let winner = |rid: &str| events.iter().filter(|e| e.request_id.as_deref() == Some(rid)).map(|e| &e.id).min();
-        let posts = events
+        let messages = events
             .iter()
-            .filter(|e| matches!(e.kind, EventKind::ChannelMessage { .. }))
+            .filter(|e| matches!(e.kind, EventKind::ChannelMessage { .. } | EventKind::DirectMessage { .. }))
             .filter(|e| e.request_id.as_deref().is_none_or(|rid| winner(rid) == Some(&e.id)))
             .count();
-        prop_assert_eq!(posts_seen, posts);
+        prop_assert_eq!(sa.message_count(), messages as u64);
         // Request ids map to the same (smallest) event everywhere.
         for rid in REQUEST_IDS {
             prop_assert_eq!(sa.event_for_request(rid), sb.event_for_request(rid));
@@ -1114,5 +1035,26 @@ proptest! {
         for o in origins {
             prop_assert_eq!(sa.applied_through(o), sb.applied_through(o));
         }
+    }
+
+    #[test]
+    fn a_bounded_window_with_a_lookup_decides_as_an_unbounded_one((events, a, _b) in scenario(), keep in 0usize..3) {
+        let (reference, _) = apply_all(&events);
+        // The window forgets all but `keep` ids after every event; the lookup plays the
+        // store's index: the visible copy among the events applied before.
+        let mut s = ChatState::new();
+        let mut applied: Vec<Event> = Vec::new();
+        let tight = RequestWindow { max_count: keep, max_age_ms: u64::MAX };
+        for e in &a {
+            let outcome = s.apply_with(e, |rid| {
+                Ok::<_, ()>(applied.iter().filter(|x| x.request_id.as_deref() == Some(rid)).min_by(|x, y| x.id.cmp(&y.id)).cloned())
+            });
+            if outcome == Ok(ApplyOutcome::Applied) {
+                applied.push(e.clone());
+            }
+            s.trim_requests(s.request_mark(), 0, tight);
+            prop_assert!(s.window_len() <= keep);
+        }
+        prop_assert_eq!(s.summary(), reference.summary());
     }
 }

@@ -886,7 +886,11 @@ fn node() -> Node {
             request,
             meta: Meta::default(),
         };
-        node.handle_request(env, Timestamp::from_millis(1_000));
+        node.handle_request(
+            env,
+            Timestamp::from_millis(1_000),
+            &chat_store::MemoryStore::new(),
+        );
     }
     node.committed();
     node
@@ -896,7 +900,11 @@ fn node() -> Node {
 fn answer(node: &mut Node, frame: &[u8]) -> Result<(), TestCaseError> {
     let now = Timestamp::from_millis(1_700_000_000_000);
     let (reply, encoding) = match decode_request(frame) {
-        Ok((env, encoding)) => (node.handle_request(env, now).reply, encoding),
+        Ok((env, encoding)) => (
+            node.handle_request(env, now, &chat_store::MemoryStore::new())
+                .reply,
+            encoding,
+        ),
         Err(failure) => {
             let reply = node.handle_failure(&failure, now);
             prop_assert!(matches!(reply.reply, Reply::Error(_)), "{reply:?}");

@@ -1,48 +1,49 @@
 //! Live publications carry the request id of the write (`rid`) and chain the publications
 //! of one origin on one topic (`prev`), across a restart of the server.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Instant;
 
-use chat_core::protocol::{decode_publication, encode_request};
-use chat_core::{Encoding, Event, Meta, Publication, Request, RequestEnvelope};
-use chat_node::server::{EventReader, Recovered, ServerConfig, ServerCore, Time, Transmit};
-use chat_store::StoreError;
+use chat_core::protocol::{decode_publication, decode_reply, encode_request};
+use chat_core::{Encoding, Meta, Publication, Reply, Request, RequestEnvelope, RequestWindow};
+use chat_node::server::{Recovered, ServerConfig, ServerCore, Time, ToBroker, Transmit};
+use chat_store::{MemoryStore, Store, StoreRead};
 
-struct NoReads;
+type Disk = Rc<RefCell<MemoryStore>>;
 
-impl EventReader for NoReads {
-    fn events_after(&self, _: &str, _: u64, _: usize) -> Result<Vec<Event>, StoreError> {
-        Ok(Vec::new())
-    }
-}
-
-/// A server without a reference (no peers: it serves at once), its durable events, a clock.
+/// A server without a reference (no peers: it serves at once), its disk, a clock.
 struct Harness {
     core: ServerCore,
-    stored: Vec<Event>,
+    stored: Disk,
     t0: Instant,
     token: u64,
+    replies: Vec<Reply>,
 }
 
 impl Harness {
-    fn start(stored: Vec<Event>) -> Harness {
+    fn start(stored: Disk) -> Harness {
+        Harness::with_window(stored, RequestWindow::default())
+    }
+
+    fn with_window(stored: Disk, window: RequestWindow) -> Harness {
         let t0 = Instant::now();
-        let recovered = Recovered {
-            events: stored.clone(),
-            ..Recovered::default()
-        };
+        let recovered = Recovered::from_store(&*stored.borrow()).expect("recover");
+        let mut cfg = ServerConfig::new("server-1");
+        cfg.request_window = window;
         let core = ServerCore::new(
-            ServerConfig::new("server-1"),
+            cfg,
             t0,
             recovered,
             "tcp://127.0.0.1:1".into(),
-            Box::new(NoReads),
+            Box::new(stored.clone()),
         );
         Harness {
             core,
             stored,
             t0,
             token: 0,
+            replies: Vec::new(),
         }
     }
 
@@ -75,15 +76,25 @@ impl Harness {
         let t = self.time();
         let mut out = Vec::new();
         while let Some(batch) = self.core.poll_batch(t) {
-            self.stored.extend(batch.events.iter().cloned());
+            self.stored
+                .borrow_mut()
+                .append(&batch.events)
+                .expect("append");
             self.core.handle_persisted(batch.epoch);
         }
         while let Some(tx) = self.core.poll_transmit(t) {
-            if let Transmit::Publish { topic, payload } = tx {
-                if topic != "replication" && topic != "servers" {
+            match tx {
+                Transmit::Publish { topic, payload }
+                    if topic != "replication" && topic != "servers" =>
+                {
                     let p = decode_publication(&topic, &payload).expect("publication");
                     out.push((topic, p));
                 }
+                Transmit::Broker(ToBroker::Reply { body, .. }) => {
+                    self.replies
+                        .push(decode_reply(&body).expect("reply").0.reply);
+                }
+                _ => {}
             }
         }
         out
@@ -106,7 +117,7 @@ fn chain(pubs: &[(String, Publication)]) -> Vec<(String, Option<String>, Option<
 
 #[test]
 fn publications_chain_per_topic_and_carry_the_request_id() {
-    let mut h = Harness::start(Vec::new());
+    let mut h = Harness::start(Disk::default());
     h.write(Request::Login { user: "ana".into() }, "r-login"); // seq 1
     h.write(Request::Login { user: "bia".into() }, "r-login2"); // seq 2
     h.write(
@@ -156,7 +167,7 @@ fn publications_chain_per_topic_and_carry_the_request_id() {
 
 #[test]
 fn after_a_restart_the_chain_continues_from_the_stored_events() {
-    let mut h = Harness::start(Vec::new());
+    let mut h = Harness::start(Disk::default());
     h.write(Request::Login { user: "ana".into() }, "r1");
     h.write(
         Request::Channel {
@@ -170,7 +181,7 @@ fn after_a_restart_the_chain_continues_from_the_stored_events() {
     h.write_uncommitted(publish("geral", "b"), "r4");
     let t = h.time();
     let batch = h.core.poll_batch(t).expect("a batch");
-    h.stored.extend(batch.events);
+    h.stored.borrow_mut().append(&batch.events).expect("append");
     let stored = h.stored.clone();
     drop(h);
 
@@ -180,4 +191,56 @@ fn after_a_restart_the_chain_continues_from_the_stored_events() {
         chain(&after),
         vec![("geral".into(), Some("server-1/5".into()), Some(4))]
     );
+}
+
+#[test]
+fn a_retry_older_than_the_window_is_answered_from_the_store_without_a_new_event() {
+    // A window of no request ids at all: every retry is answered by the store's index.
+    let none = RequestWindow {
+        max_count: 0,
+        max_age_ms: 0,
+    };
+    let mut h = Harness::with_window(Disk::default(), none);
+    h.write(Request::Login { user: "ana".into() }, "r1");
+    h.write(
+        Request::Channel {
+            channel: "geral".into(),
+        },
+        "r2",
+    );
+    assert_eq!(h.write(publish("geral", "once"), "r3").len(), 1);
+    assert_eq!(
+        h.core.node().state().window_len(),
+        0,
+        "nothing kept in memory"
+    );
+    let events = h.stored.borrow().summary().expect("summary").events;
+    assert_eq!(events, 3);
+    // The retry: the same answer, no new event, nothing published again.
+    h.replies.clear();
+    assert!(h.write(publish("geral", "once"), "r3").is_empty());
+    assert_eq!(h.replies, [Reply::Done]);
+    assert_eq!(h.stored.borrow().summary().expect("summary").events, events);
+    // Inside the window (the default one), the retry never reaches the store.
+    let mut w = Harness::start(Disk::default());
+    w.write(Request::Login { user: "bia".into() }, "q1");
+    assert_eq!(w.core.node().state().window_len(), 1);
+    w.replies.clear();
+    w.write(Request::Login { user: "bia".into() }, "q1");
+    assert_eq!(w.replies, [Reply::Done]);
+    assert_eq!(w.stored.borrow().summary().expect("summary").events, 1);
+    // After a restart the window is empty: the store still answers.
+    let stored = h.stored.clone();
+    drop(h);
+    let mut h = Harness::start(stored);
+    h.replies.clear();
+    assert!(h.write(publish("geral", "once"), "r3").is_empty());
+    assert_eq!(h.replies, [Reply::Done]);
+    assert_eq!(h.stored.borrow().summary().expect("summary").events, events);
+    let page = h
+        .stored
+        .borrow()
+        .history(&chat_core::HistoryTarget::Channel("geral".into()), None, 10)
+        .expect("history");
+    assert_eq!(page.newest_first.len(), 1, "shown once");
 }

@@ -4,8 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use chat_core::{EventKind, HistoryTarget};
 use chat_node::server::{ServerCore, Time};
 use chat_store::export::seed_files;
+use chat_store::StoreRead;
 
 use crate::client::{Acked, Write};
 use crate::disk::SharedDisk;
@@ -124,25 +126,63 @@ fn check_server(
             ));
         }
     }
-    // History (in memory) and export (from disk) show the same posts.
-    let in_memory: BTreeSet<&str> = state.all_posts().map(|p| p.message.as_str()).collect();
-    let exported: BTreeSet<&str> = posts.keys().copied().collect();
-    if in_memory != exported {
+    // History pages (from the store's index) and export show the same posts.
+    let store = disk.store();
+    let mut channels_seen: BTreeSet<&str> = state
+        .summary()
+        .channels
+        .keys()
+        .map(String::as_str)
+        .collect();
+    channels_seen.extend(files.publications.iter().map(|p| p.channel.as_str()));
+    let mut in_history: BTreeSet<String> = BTreeSet::new();
+    for c in channels_seen {
+        match store.history(&HistoryTarget::Channel(c.to_string()), None, usize::MAX) {
+            Ok(rows) => {
+                in_history.extend(rows.newest_first.into_iter().filter_map(|e| match e.kind {
+                    EventKind::ChannelMessage { message, .. } => Some(message),
+                    _ => None,
+                }))
+            }
+            Err(e) => out.push(("history equals export", format!("{}: {e}", s.name))),
+        }
+    }
+    let exported: BTreeSet<String> = posts.keys().map(|t| t.to_string()).collect();
+    if in_history != exported {
         out.push((
             "history equals export",
             format!(
                 "{}: {} posts in history, {} exported; first difference {:?}",
                 s.name,
-                in_memory.len(),
+                in_history.len(),
                 exported.len(),
-                in_memory.symmetric_difference(&exported).next()
+                in_history.symmetric_difference(&exported).next()
             ),
         ));
+    }
+    // The small state in memory is what the store's indexes say (what a restart recovers).
+    match store.summary() {
+        Ok(on_disk) if on_disk == *state.summary() => {}
+        Ok(on_disk) => out.push((
+            "memory equals the store's summary",
+            format!(
+                "{}: memory has {} events, digest {}; the store {} events, digest {:016x}",
+                s.name,
+                state.event_count(),
+                state.digest(),
+                on_disk.events,
+                on_disk.digest
+            ),
+        )),
+        Err(e) => out.push((
+            "memory equals the store's summary",
+            format!("{}: {e}", s.name),
+        )),
     }
     let users: BTreeSet<&str> = files.users.keys().map(String::as_str).collect();
     let channels: BTreeSet<&str> = files.channels.iter().map(String::as_str).collect();
     for (rid, a) in acked {
-        if state.event_for_request(rid).is_none() {
+        if !matches!(store.request_winner(rid), Ok(Some(_))) {
             out.push((
                 "acknowledged writes kept",
                 format!("{}: acknowledged {rid} ({:?}) is missing", s.name, a.write),
@@ -171,13 +211,15 @@ fn check_server(
 /// Live delivery through the SDK's core: nothing delivered twice; every acknowledged post
 /// whose request was first sent after the subscriber's baseline of its channel answered
 /// delivered (exactly once) to that subscriber (a post sent before may or may not be); and
-/// more precisely, every acknowledged post whose event (the visible copy, in `state`) is
+/// more precisely, every acknowledged post whose event (the visible copy, in `store`) is
 /// above what the baseline showed of its origin (its `heads`).
 pub fn check_subscribers(
     subs: &[crate::subscriber::SimSubscriber],
     acked: &BTreeMap<String, Acked>,
-    state: &chat_core::ChatState,
+    store: &chat_store::MemoryStore,
 ) -> Vec<(&'static str, String)> {
+    use chat_store::StoreRead;
+    let visible = |rid: &str| store.request_winner(rid).ok().flatten().map(|e| e.id);
     let mut out = Vec::new();
     for (k, sub) in subs.iter().enumerate() {
         let delivered = sub.delivered();
@@ -204,7 +246,7 @@ pub fn check_subscribers(
                 if delivered.contains_key(rid) {
                     continue;
                 }
-                let above = state.event_for_request(rid).is_some_and(|id| {
+                let above = visible(rid).is_some_and(|id| {
                     sub.baseline_heads(channel)
                         .and_then(|h| h.get(&id.origin))
                         .is_none_or(|h| id.seq > *h)
@@ -215,7 +257,7 @@ pub fn check_subscribers(
                         format!(
                             "subscriber-{k} never got acknowledged {rid} (`{text}` on {channel}, \
                              event {:?} above the baseline's heads {:?}); settled: {}, {:?}",
-                            state.event_for_request(rid),
+                            visible(rid),
                             sub.baseline_heads(channel),
                             sub.is_settled(),
                             sub.stats()

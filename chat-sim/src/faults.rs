@@ -99,6 +99,9 @@ pub struct Swarm {
     pub disk_stall: f64,
     /// Largest initial skew of a server's OS clock, in milliseconds (either way).
     pub skew_ms: i64,
+    /// The servers' window of request ids in memory: often tiny, so that retries and
+    /// copies of one request are decided by the store's index.
+    pub request_window: chat_core::RequestWindow,
 }
 
 impl Swarm {
@@ -128,7 +131,19 @@ impl Swarm {
         if weights.iter().all(|w| *w == 0) {
             weights[0] = 1;
         }
+        // Drawn from a copy of the generator, so that the rest of a seed's run is what it
+        // was before the window was part of the mix (the regression seeds keep their runs).
+        let mut side = rng.clone();
+        let request_window = if side.gen_bool(0.5) {
+            chat_core::RequestWindow::default()
+        } else {
+            chat_core::RequestWindow {
+                max_count: *pick(&mut side, &[0, 1, 4, 32]),
+                max_age_ms: *pick(&mut side, &[0, 500, 5_000, u64::MAX]),
+            }
+        };
         Swarm {
+            request_window,
             net,
             rate: *pick(rng, &[0.2, 0.5, 1.0, 2.0]),
             weights,

@@ -158,6 +158,7 @@ impl World {
                 disk: (Duration::from_micros(100), Duration::from_micros(500)),
                 disk_stall: 0.0,
                 skew_ms: 0,
+                request_window: chat_core::RequestWindow::default(),
             }
         };
         let heal_at = opts.fault_phase;
@@ -653,6 +654,7 @@ impl World {
         srv.timer_at = None;
         let mut cfg = ServerConfig::new(srv.name.clone());
         cfg.reference = Some("sim://reference".into());
+        cfg.request_window = self.swarm.request_window;
         let reader = Box::new(DiskReader(srv.disk.clone()));
         let mut core = ServerCore::new(
             cfg,
@@ -1196,7 +1198,7 @@ impl World {
         found.extend(check::check_subscribers(
             &self.subs,
             &self.acked,
-            views[0].core.node().state(),
+            views[0].disk.borrow().store(),
         ));
         for sub in &self.subs {
             self.stats.raw_duplicates += sub.raw().values().filter(|n| **n > 1).count() as u64;

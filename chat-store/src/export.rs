@@ -19,11 +19,12 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chat_core::{ChatState, Event, EventKind, Timestamp};
+use chat_core::{Event, EventKind, Timestamp};
+use serde::ser::{SerializeSeq, Serializer as _};
 use serde::Serialize;
 
 use crate::sqlite::sync_dir;
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, VisibleKind};
 
 /// File name of the users export.
 pub const USERS_FILE: &str = "users.json";
@@ -105,89 +106,127 @@ impl SeedFiles {
     }
 }
 
-/// Rebuilds the chat state from `store` and returns what the seed files hold: what users
-/// see, each accepted request once.
+/// What the seed files hold, read into memory (for tests and checks; [`export_seed_files`]
+/// streams instead): what users see, each accepted request once.
 pub fn seed_files(store: &dyn Store) -> Result<SeedFiles, StoreError> {
-    let events = store.load_all()?;
-    let mut state = ChatState::new();
-    for e in &events {
-        state.apply(e);
-    }
-
-    let users: BTreeMap<String, Vec<Timestamp>> = state
-        .users()
-        .into_iter()
-        .map(|u| {
-            let logins = state.logins(&u);
-            (u, logins)
-        })
-        .collect();
-    let channels = state.channels();
-    let messages: Vec<MessageRecord> = state
-        .all_directs()
-        .map(|p| MessageRecord {
-            src: p.src.clone(),
-            dst: p.dst.clone(),
-            message: p.message.clone(),
-            timestamp: p.timestamp,
-            clock: p.clock,
-        })
-        .collect();
-    // ChatState keeps posts per channel; the file lists them all in history order. A
-    // request accepted twice (a retry that reached a second server before the first copy
-    // was replicated) is stored twice but seen once: only the copy the state keeps visible
-    // (the smallest event id of that request id) is exported, as in `history`.
-    let mut posts: Vec<&Event> = events
-        .iter()
-        .filter(|e| matches!(e.kind, EventKind::ChannelMessage { .. }))
-        .filter(|e| is_visible(&state, e))
-        .collect();
-    posts.sort_by_key(|e| e.stamp());
-    posts.dedup_by(|a, b| a.id == b.id);
-    let publications: Vec<PublicationRecord> = posts
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::ChannelMessage {
-                channel,
-                user,
-                message,
-            } => Some(PublicationRecord {
-                channel: channel.clone(),
-                user: user.clone(),
-                message: message.clone(),
-                timestamp: e.timestamp,
-                clock: e.clock,
-            }),
-            _ => None,
-        })
-        .collect();
+    let mut messages = Vec::new();
+    store.visible_in_order(VisibleKind::Messages, &mut |e| {
+        messages.extend(message_record(e));
+        Ok(())
+    })?;
+    let mut publications = Vec::new();
+    store.visible_in_order(VisibleKind::Posts, &mut |e| {
+        publications.extend(publication_record(e));
+        Ok(())
+    })?;
     Ok(SeedFiles {
-        users,
-        channels,
+        users: logins(store)?,
+        channels: store.summary()?.channels.into_keys().collect(),
         messages,
         publications,
     })
 }
 
-/// Rebuilds the chat state from `store` and writes the four seed files into `out_dir`
-/// (created if missing).
-pub fn export_seed_files(store: &dyn Store, out_dir: &Path) -> Result<ExportSummary, StoreError> {
-    let files = seed_files(store)?;
-    std::fs::create_dir_all(out_dir)?;
-    write_json_atomic(out_dir, USERS_FILE, &files.users)?;
-    write_json_atomic(out_dir, CHANNELS_FILE, &files.channels)?;
-    write_json_atomic(out_dir, MESSAGES_FILE, &files.messages)?;
-    write_json_atomic(out_dir, PUBLICATIONS_FILE, &files.publications)?;
-    sync_dir(out_dir)?;
-    Ok(files.summary())
+/// Login times per user, in history order (users are few next to messages: this map is
+/// held in memory).
+fn logins(store: &dyn Store) -> Result<BTreeMap<String, Vec<Timestamp>>, StoreError> {
+    let mut users: BTreeMap<String, Vec<Timestamp>> = BTreeMap::new();
+    store.visible_in_order(VisibleKind::Logins, &mut |e| {
+        if let EventKind::UserLoggedIn { user } = e.kind {
+            users.entry(user).or_default().push(e.timestamp);
+        }
+        Ok(())
+    })?;
+    Ok(users)
 }
 
-/// Whether `e` is the copy users see: an event without a request id, or the winner among
-/// the events that carry its request id.
-fn is_visible(state: &ChatState, e: &Event) -> bool {
-    e.request_id
-        .as_deref()
-        .is_none_or(|rid| state.event_for_request(rid) == Some(&e.id))
+fn message_record(e: Event) -> Option<MessageRecord> {
+    match e.kind {
+        EventKind::DirectMessage { src, dst, message } => Some(MessageRecord {
+            src,
+            dst,
+            message,
+            timestamp: e.timestamp,
+            clock: e.clock,
+        }),
+        _ => None,
+    }
+}
+
+fn publication_record(e: Event) -> Option<PublicationRecord> {
+    match e.kind {
+        EventKind::ChannelMessage {
+            channel,
+            user,
+            message,
+        } => Some(PublicationRecord {
+            channel,
+            user,
+            message,
+            timestamp: e.timestamp,
+            clock: e.clock,
+        }),
+        _ => None,
+    }
+}
+
+/// Writes the four seed files from `store` into `out_dir` (created if missing),
+/// streaming the messages and publications from the store in history order: memory stays
+/// flat however long the history. A request accepted twice (a retry that reached a second
+/// server before the first copy was replicated) is stored twice but exported once, as in
+/// `history`.
+pub fn export_seed_files(store: &dyn Store, out_dir: &Path) -> Result<ExportSummary, StoreError> {
+    std::fs::create_dir_all(out_dir)?;
+    let users = logins(store)?;
+    let channels: Vec<String> = store.summary()?.channels.into_keys().collect();
+    write_json_atomic(out_dir, USERS_FILE, &users)?;
+    write_json_atomic(out_dir, CHANNELS_FILE, &channels)?;
+    let messages = write_array_atomic(out_dir, MESSAGES_FILE, |each| {
+        store.visible_in_order(VisibleKind::Messages, &mut |e| {
+            message_record(e).map_or(Ok(()), |r| each(&r))
+        })
+    })?;
+    let publications = write_array_atomic(out_dir, PUBLICATIONS_FILE, |each| {
+        store.visible_in_order(VisibleKind::Posts, &mut |e| {
+            publication_record(e).map_or(Ok(()), |r| each(&r))
+        })
+    })?;
+    sync_dir(out_dir)?;
+    Ok(ExportSummary {
+        users: users.len(),
+        logins: users.values().map(Vec::len).sum(),
+        channels: channels.len(),
+        messages,
+        publications,
+    })
+}
+
+/// A record written by [`write_array_atomic`]'s producer.
+type Each<'a, T> = &'a mut dyn FnMut(&T) -> Result<(), StoreError>;
+
+/// Writes the records `produce` hands over as one pretty JSON array to `dir/name`, the
+/// way [`write_json_atomic`] writes a value; returns how many there were.
+fn write_array_atomic<T: Serialize>(
+    dir: &Path,
+    name: &str,
+    produce: impl FnOnce(Each<'_, T>) -> Result<(), StoreError>,
+) -> Result<usize, StoreError> {
+    let mut count = 0;
+    write_atomic(dir, name, |w| {
+        let mut ser = serde_json::Serializer::with_formatter(
+            w,
+            serde_json::ser::PrettyFormatter::with_indent(b"  "),
+        );
+        let mut seq = ser.serialize_seq(None).map_err(std::io::Error::from)?;
+        produce(&mut |r| {
+            count += 1;
+            seq.serialize_element(r)
+                .map_err(|e| StoreError::Io(e.into()))
+        })?;
+        seq.end().map_err(std::io::Error::from)?;
+        Ok(())
+    })?;
+    Ok(count)
 }
 
 /// Distinguishes temporary files of concurrent exports within one process.
@@ -201,23 +240,38 @@ pub fn write_json_atomic<T: Serialize + ?Sized>(
     name: &str,
     value: &T,
 ) -> Result<(), StoreError> {
-    let mut bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::from)?;
-    bytes.push(b'\n');
+    write_atomic(dir, name, |w| {
+        serde_json::to_writer_pretty(w, value).map_err(std::io::Error::from)?;
+        Ok(())
+    })
+}
+
+/// Writes `dir/name` with `write` (then a final newline) through a fsynced temporary file
+/// and a rename.
+fn write_atomic(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(&mut dyn Write) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let tmp = dir.join(format!(
         ".{name}.tmp-{}-{}",
         std::process::id(),
         TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
+    let written = (|| -> Result<(), StoreError> {
+        let f = std::fs::File::create(&tmp)?;
+        let mut w = std::io::BufWriter::new(f);
+        write(&mut w)?;
+        w.write_all(b"\n")?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         drop(f);
-        std::fs::rename(&tmp, dir.join(name))
+        std::fs::rename(&tmp, dir.join(name))?;
+        Ok(())
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e.into());
+        return Err(e);
     }
     Ok(())
 }

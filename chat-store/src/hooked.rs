@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use chat_core::{Event, Stamp};
+use chat_core::{Event, HistoryTarget, Stamp, Summary};
 
-use crate::{Store, StoreError};
+use crate::{HistoryRows, Store, StoreError, StoreRead, VisibleKind};
 
 /// What runs before each batch is appended (it may block, sleep, or record the batch).
 pub type AppendHook = Box<dyn FnMut(&[Event]) + Send>;
@@ -24,14 +24,7 @@ impl HookedStore {
     }
 }
 
-impl Store for HookedStore {
-    fn append(&mut self, events: &[Event]) -> Result<usize, StoreError> {
-        (self.hook)(events);
-        self.inner.append(events)
-    }
-    fn load_all(&self) -> Result<Vec<Event>, StoreError> {
-        self.inner.load_all()
-    }
+impl StoreRead for HookedStore {
     fn events_after(
         &self,
         origin: &str,
@@ -40,24 +33,58 @@ impl Store for HookedStore {
     ) -> Result<Vec<Event>, StoreError> {
         self.inner.events_after(origin, after_seq, limit)
     }
-    fn applied(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        self.inner.applied()
+    fn summary(&self) -> Result<Summary, StoreError> {
+        self.inner.summary()
     }
-    fn channel_history(
+    fn request_winner(&self, request_id: &str) -> Result<Option<Event>, StoreError> {
+        self.inner.request_winner(request_id)
+    }
+    fn history(
         &self,
-        channel: &str,
+        target: &HistoryTarget,
         before: Option<&Stamp>,
         limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.inner.channel_history(channel, before, limit)
+    ) -> Result<HistoryRows, StoreError> {
+        self.inner.history(target, before, limit)
+    }
+    fn last_published(
+        &self,
+        target: &HistoryTarget,
+        origin: &str,
+        below: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.inner.last_published(target, origin, below)
     }
     fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.inner.get_meta(key)
+    }
+}
+
+impl Store for HookedStore {
+    fn append(&mut self, events: &[Event]) -> Result<usize, StoreError> {
+        (self.hook)(events);
+        self.inner.append(events)
+    }
+    fn load_all(&self) -> Result<Vec<Event>, StoreError> {
+        self.inner.load_all()
+    }
+    fn visible_in_order(
+        &self,
+        kind: VisibleKind,
+        f: &mut dyn FnMut(Event) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.inner.visible_in_order(kind, f)
+    }
+    fn applied(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        self.inner.applied()
     }
     fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
         self.inner.set_meta(key, value)
     }
     fn is_durable(&self) -> bool {
         true
+    }
+    fn reader(&self) -> Result<Option<Box<dyn StoreRead + Send>>, StoreError> {
+        self.inner.reader()
     }
 }

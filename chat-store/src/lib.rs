@@ -2,8 +2,12 @@
 //!
 //! # Layout
 //! - [`Store`]: the seam between a server and its disk: append a batch of events atomically
-//!   and durably, load everything on start, read ranges for catch-up and history, keep a few
-//!   named values (own sequence, Lamport clock, term).
+//!   and durably with their indexes, keep a few named values (rank, term); [`StoreRead`]:
+//!   what a running server reads (the small state on start, ranges for catch-up, history
+//!   pages, request ids older than its memory window), each cheap whatever the history.
+//! - `index`: the indexes both stores keep beside the events (visible copy of a request,
+//!   history by topic, users and channels, counters, gapless prefix per origin), maintained
+//!   by one function.
 //! - [`sqlite::SqliteStore`]: the durable default (SQLite, WAL, `synchronous=FULL`): when
 //!   `append` returns, the batch survives `kill -9` and power loss.
 //! - [`memory::MemoryStore`]: the same contract in memory, for tests.
@@ -17,18 +21,41 @@
 
 use std::collections::BTreeMap;
 
-use chat_core::{Event, Stamp};
+use chat_core::{Event, HistoryTarget, Stamp, Summary};
 
 mod checked;
 pub mod export;
 pub mod hooked;
+mod index;
 pub mod memory;
 pub mod sqlite;
 
 pub use export::write_json_atomic;
 pub use hooked::HookedStore;
+pub use index::topic_key;
 pub use memory::MemoryStore;
 pub use sqlite::{sync_dir, SqliteStore};
+
+/// A page of history rows as a store returns it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryRows {
+    /// The visible items before the cursor, newest first.
+    pub newest_first: Vec<Event>,
+    /// Per origin, the highest sequence number of a visible post on the topic among the
+    /// events stored without a gap from that origin (see `chat_core::HistoryPage::heads`).
+    pub heads: BTreeMap<String, u64>,
+}
+
+/// Which visible events [`Store::visible_in_order`] walks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VisibleKind {
+    /// Logins.
+    Logins,
+    /// Private messages.
+    Messages,
+    /// Channel posts.
+    Posts,
+}
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,15 +82,8 @@ pub enum StoreError {
     },
 }
 
-/// Where events live between restarts.
-pub trait Store: Send {
-    /// Appends events in one atomic, durable transaction. Events already stored (same
-    /// origin and sequence number) are skipped. Returns how many were new.
-    fn append(&mut self, events: &[Event]) -> Result<usize, StoreError>;
-
-    /// Every stored event, in the order they were appended.
-    fn load_all(&self) -> Result<Vec<Event>, StoreError>;
-
+/// Reads of what a store holds: what a running server needs, cheap whatever the history.
+pub trait StoreRead {
     /// Events of `origin` with sequence numbers greater than `after_seq`, ascending, at most `limit`.
     fn events_after(
         &self,
@@ -72,20 +92,57 @@ pub trait Store: Send {
         limit: usize,
     ) -> Result<Vec<Event>, StoreError>;
 
-    /// For each origin, the highest sequence number `n` such that 1..=n are all stored.
-    fn applied(&self) -> Result<BTreeMap<String, u64>, StoreError>;
+    /// The small state (users, channels, what is held per origin, counters, digest), read
+    /// from the indexes without reading history.
+    fn summary(&self) -> Result<Summary, StoreError>;
 
-    /// Channel posts of `channel` strictly before `before` (all when `None`), newest `limit`
-    /// of them, returned oldest first.
-    fn channel_history(
+    /// The visible event of a client request id, if one is stored.
+    fn request_winner(&self, request_id: &str) -> Result<Option<Event>, StoreError>;
+
+    /// The visible history items of `target` strictly before `before` (all when `None`),
+    /// newest first, at most `limit`, with the topic's heads (one consistent snapshot).
+    /// A channel's history holds its posts; a user's, the private messages they sent or
+    /// received (heads count those received).
+    fn history(
         &self,
-        channel: &str,
+        target: &HistoryTarget,
         before: Option<&Stamp>,
         limit: usize,
-    ) -> Result<Vec<Event>, StoreError>;
+    ) -> Result<HistoryRows, StoreError>;
+
+    /// The highest sequence number below `below` of a visible item of `origin` published
+    /// on `target`'s topic (a channel's posts, or the private messages sent to a user).
+    fn last_published(
+        &self,
+        target: &HistoryTarget,
+        origin: &str,
+        below: u64,
+    ) -> Result<Option<u64>, StoreError>;
 
     /// A named value (e.g. `term`, `lamport`), if set.
     fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError>;
+}
+
+/// Where events live between restarts.
+pub trait Store: StoreRead + Send {
+    /// Appends events in one atomic, durable transaction, with their indexes. Events
+    /// already stored (same origin and sequence number) are skipped. Returns how many were new.
+    fn append(&mut self, events: &[Event]) -> Result<usize, StoreError>;
+
+    /// Every stored event, in the order they were appended (for tests and tools: it reads
+    /// the whole history into memory).
+    fn load_all(&self) -> Result<Vec<Event>, StoreError>;
+
+    /// Calls `f` with each visible event of `kind`, in history order (Lamport clock,
+    /// origin, sequence number), streaming: for exports.
+    fn visible_in_order(
+        &self,
+        kind: VisibleKind,
+        f: &mut dyn FnMut(Event) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+
+    /// For each origin, the highest sequence number `n` such that 1..=n are all stored.
+    fn applied(&self) -> Result<BTreeMap<String, u64>, StoreError>;
 
     /// Sets a named value durably.
     fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError>;
@@ -93,5 +150,48 @@ pub trait Store: Send {
     /// Whether writes go to a disk (worth committing off the caller's thread).
     fn is_durable(&self) -> bool {
         true
+    }
+
+    /// A reader of the same data on its own connection, when the store has one: reads
+    /// then need not wait for a commit in progress (`None`: share this store).
+    fn reader(&self) -> Result<Option<Box<dyn StoreRead + Send>>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// A store shared within one thread (tests, simulations) reads like the store itself.
+impl<T: StoreRead + ?Sized> StoreRead for std::rc::Rc<std::cell::RefCell<T>> {
+    fn events_after(
+        &self,
+        origin: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.borrow().events_after(origin, after_seq, limit)
+    }
+    fn summary(&self) -> Result<Summary, StoreError> {
+        self.borrow().summary()
+    }
+    fn request_winner(&self, request_id: &str) -> Result<Option<Event>, StoreError> {
+        self.borrow().request_winner(request_id)
+    }
+    fn history(
+        &self,
+        target: &HistoryTarget,
+        before: Option<&Stamp>,
+        limit: usize,
+    ) -> Result<HistoryRows, StoreError> {
+        self.borrow().history(target, before, limit)
+    }
+    fn last_published(
+        &self,
+        target: &HistoryTarget,
+        origin: &str,
+        below: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.borrow().last_published(target, origin, below)
+    }
+    fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.borrow().get_meta(key)
     }
 }

@@ -14,7 +14,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use chat_core::Event;
-use chat_store::{SqliteStore, Store};
+use chat_store::{SqliteStore, Store, StoreRead};
 use common::{ev, post};
 
 /// Set (to the data directory) in the child's environment: `crash_child` acts only then.

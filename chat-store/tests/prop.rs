@@ -1,13 +1,15 @@
 //! Property test: `SqliteStore` and `MemoryStore` give the same answers for random event
-//! sets (with duplicates, gaps, clock ties and the odd invalid event), and both agree
-//! with a naive model of `applied` and `channel_history`.
+//! sets (with duplicates, gaps, clock ties, copies of one request and the odd invalid
+//! event), and both agree with a naive model of `applied`, history pages and their heads,
+//! the visible copy of each request, and the summary a server recovers from.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chat_core::{Event, EventId, EventKind, Stamp, Timestamp};
-use chat_store::{MemoryStore, SqliteStore, Store, StoreError};
+use chat_core::{ChatState, Event, EventId, EventKind, HistoryTarget, Stamp, Timestamp};
+use chat_store::{MemoryStore, SqliteStore, Store, StoreError, StoreRead, VisibleKind};
+use common::chan_hist;
 use proptest::prelude::*;
 
 const ORIGINS: [&str; 3] = ["a", "ab", "b"];
@@ -51,7 +53,7 @@ fn event() -> impl Strategy<Value = Event> {
         prop_oneof![20 => 1u64..9, 1 => Just(0u64)],
         0u64..6,
         0i64..2_000_000_000_000,
-        prop::option::of("[a-z0-9]{1,4}"),
+        prop::option::of("[a-c0-9]{1,2}"),
         kind(),
     )
         .prop_map(|(origin, seq, clock, ms, request_id, kind)| Event {
@@ -89,16 +91,57 @@ fn outcome(r: Result<usize, StoreError>) -> Result<usize, String> {
     })
 }
 
-/// Naive model of `channel_history` over `load_all`.
-fn model_history(all: &[Event], channel: &str, before: Option<&Stamp>, limit: usize) -> Vec<Event> {
-    let mut posts: Vec<&Event> = all
+/// Whether `e` is the visible copy of its request among `all`.
+fn visible(all: &[Event], e: &Event) -> bool {
+    e.request_id.as_deref().is_none_or(|rid| {
+        all.iter()
+            .filter(|x| x.request_id.as_deref() == Some(rid))
+            .map(|x| &x.id)
+            .min()
+            == Some(&e.id)
+    })
+}
+
+/// Whether `e` is in `target`'s history, and whether it counts for its heads.
+fn in_history(e: &Event, target: &HistoryTarget) -> Option<bool> {
+    match (&e.kind, target) {
+        (EventKind::ChannelMessage { channel, .. }, HistoryTarget::Channel(c)) if channel == c => {
+            Some(true)
+        }
+        (EventKind::DirectMessage { dst, .. }, HistoryTarget::User(u)) if dst == u => Some(true),
+        (EventKind::DirectMessage { src, .. }, HistoryTarget::User(u)) if src == u => Some(false),
+        _ => None,
+    }
+}
+
+/// Naive model of history over `load_all`: the page oldest first, and the heads.
+fn model_history(
+    all: &[Event],
+    target: &HistoryTarget,
+    before: Option<&Stamp>,
+    limit: usize,
+) -> (Vec<Event>, BTreeMap<String, u64>) {
+    let items: Vec<(&Event, bool)> = all
         .iter()
-        .filter(|e| matches!(&e.kind, EventKind::ChannelMessage { channel: c, .. } if c == channel))
+        .filter(|e| visible(all, e))
+        .filter_map(|e| in_history(e, target).map(|head| (e, head)))
+        .collect();
+    let applied = model_applied(all);
+    let mut heads = BTreeMap::new();
+    for (e, head) in &items {
+        if *head && e.id.seq <= applied.get(&e.id.origin).copied().unwrap_or(0) {
+            let h = heads.entry(e.id.origin.clone()).or_insert(0);
+            *h = (*h).max(e.id.seq);
+        }
+    }
+    let mut page: Vec<&Event> = items
+        .iter()
+        .map(|(e, _)| *e)
         .filter(|e| before.is_none_or(|b| e.stamp() < *b))
         .collect();
-    posts.sort_by_key(|e| e.stamp());
-    let skip = posts.len().saturating_sub(limit);
-    posts[skip..].iter().map(|e| (*e).clone()).collect()
+    page.sort_by_key(|e| e.stamp());
+    let skip = page.len().saturating_sub(limit);
+    (page[skip..].iter().map(|e| (*e).clone()).collect(), heads)
 }
 
 /// Naive model of `applied` over `load_all`.
@@ -174,9 +217,58 @@ proptest! {
             cursors.push(("c2", Some(e.stamp()), usize::MAX));
         }
         for (channel, before, limit) in &cursors {
-            let m = memory.channel_history(channel, before.as_ref(), *limit).unwrap();
-            prop_assert_eq!(&sqlite.channel_history(channel, before.as_ref(), *limit).unwrap(), &m);
-            prop_assert_eq!(&m, &model_history(&all, channel, before.as_ref(), *limit));
+            let m = chan_hist(&memory, channel, before.as_ref(), *limit);
+            prop_assert_eq!(&chan_hist(&sqlite, channel, before.as_ref(), *limit), &m);
+            let target = HistoryTarget::Channel(channel.to_string());
+            prop_assert_eq!(&m, &model_history(&all, &target, before.as_ref(), *limit).0);
+        }
+        // Every target's whole history and heads; users' too (sent and received).
+        let targets = CHANNELS
+            .iter()
+            .map(|c| HistoryTarget::Channel(c.to_string()))
+            .chain(["ana", "bia", "c1"].iter().map(|u| HistoryTarget::User(u.to_string())));
+        for target in targets {
+            let m = memory.history(&target, None, usize::MAX).unwrap();
+            prop_assert_eq!(&sqlite.history(&target, None, usize::MAX).unwrap(), &m);
+            let (items, heads) = model_history(&all, &target, None, usize::MAX);
+            let mut newest_first = items.clone();
+            newest_first.reverse();
+            prop_assert_eq!(&m.newest_first, &newest_first);
+            prop_assert_eq!(&m.heads, &heads);
+            for origin in ORIGINS {
+                for below in [1, 3, u64::MAX] {
+                    let expect = items
+                        .iter()
+                        .filter(|e| e.id.origin == origin && e.id.seq < below)
+                        .filter(|e| in_history(e, &target) == Some(true))
+                        .map(|e| e.id.seq)
+                        .max();
+                    prop_assert_eq!(memory.last_published(&target, origin, below).unwrap(), expect);
+                    prop_assert_eq!(sqlite.last_published(&target, origin, below).unwrap(), expect);
+                }
+            }
+        }
+        // The visible copy of each request, and what a server recovers: the state that
+        // applying every event gives.
+        for rid in all.iter().filter_map(|e| e.request_id.as_deref()) {
+            let w = memory.request_winner(rid).unwrap();
+            prop_assert_eq!(&sqlite.request_winner(rid).unwrap(), &w);
+            prop_assert!(w.is_some_and(|w| visible(&all, &w)));
+        }
+        let mut state = ChatState::new();
+        for e in &all {
+            state.apply(e);
+        }
+        prop_assert_eq!(&memory.summary().unwrap(), state.summary());
+        prop_assert_eq!(&sqlite.summary().unwrap(), state.summary());
+        for kind in [VisibleKind::Logins, VisibleKind::Messages, VisibleKind::Posts] {
+            let mut m = Vec::new();
+            memory.visible_in_order(kind, &mut |e| { m.push(e); Ok(()) }).unwrap();
+            let mut q = Vec::new();
+            sqlite.visible_in_order(kind, &mut |e| { q.push(e); Ok(()) }).unwrap();
+            prop_assert_eq!(&m, &q);
+            prop_assert!(m.windows(2).all(|w| w[0].stamp() < w[1].stamp()));
+            prop_assert!(m.iter().all(|e| visible(&all, e)));
         }
 
         for key in ["term", "lamport", "x", "y"] {
@@ -188,5 +280,6 @@ proptest! {
         let sqlite = SqliteStore::open(dir.path()).unwrap();
         prop_assert_eq!(&sqlite.load_all().unwrap(), &all);
         prop_assert_eq!(&sqlite.applied().unwrap(), &applied);
+        prop_assert_eq!(&sqlite.summary().unwrap(), state.summary());
     }
 }

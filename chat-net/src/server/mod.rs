@@ -26,9 +26,9 @@ pub(crate) mod links;
 
 use std::time::{Duration, Instant};
 
-use chat_core::{Event, TOPIC_REPLICATION, TOPIC_SERVERS};
+use chat_core::{Event, HistoryTarget, Stamp, Summary, TOPIC_REPLICATION, TOPIC_SERVERS};
 use chat_node::server::{EventReader, Recovered, ServerCore, Time, Transmit};
-use chat_store::{Store, StoreError};
+use chat_store::{HistoryRows, Store, StoreError};
 use commit::{Committer, SharedStore};
 use tracing::{debug, info};
 
@@ -96,7 +96,8 @@ fn now() -> Time {
     Time::new(Instant::now(), crate::wall_clock().millis())
 }
 
-/// Reads of the shared store for the core.
+/// Reads of the shared store for the core, for stores without a reader of their own
+/// (they wait for a commit in progress).
 struct SharedReader(SharedStore);
 
 impl EventReader for SharedReader {
@@ -107,6 +108,31 @@ impl EventReader for SharedReader {
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
         self.0.lock().events_after(origin, after_seq, limit)
+    }
+    fn summary(&self) -> Result<Summary, StoreError> {
+        self.0.lock().summary()
+    }
+    fn request_winner(&self, request_id: &str) -> Result<Option<Event>, StoreError> {
+        self.0.lock().request_winner(request_id)
+    }
+    fn history(
+        &self,
+        target: &HistoryTarget,
+        before: Option<&Stamp>,
+        limit: usize,
+    ) -> Result<HistoryRows, StoreError> {
+        self.0.lock().history(target, before, limit)
+    }
+    fn last_published(
+        &self,
+        target: &HistoryTarget,
+        origin: &str,
+        below: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.0.lock().last_published(target, origin, below)
+    }
+    fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.0.lock().get_meta(key)
     }
 }
 
@@ -152,14 +178,21 @@ impl Runtime {
         let peer_endpoint = cfg.advertise.clone().unwrap_or(bound);
         info!(server = %cfg.name, peer = %peer_endpoint, "peer socket bound");
 
+        // Reads on a connection of their own where the store has one (SQLite: WAL lets it
+        // read while the writer thread commits), else through the writer's lock.
+        let own_reader = store.reader()?;
         let store: SharedStore = std::sync::Arc::new(parking_lot::Mutex::new(store));
         let committer = Committer::start(ctx, &cfg.name, store.clone(), cfg.inline_commit)?;
+        let reader: Box<dyn EventReader> = match own_reader {
+            Some(r) => r,
+            None => Box::new(SharedReader(store)),
+        };
         let core = ServerCore::new(
             cfg.clone(),
             Instant::now(),
             recovered,
             peer_endpoint,
-            Box::new(SharedReader(store)),
+            reader,
         );
         Ok(Runtime {
             core,

@@ -156,6 +156,9 @@ pub struct ServerConfig {
     /// Commit on the loop thread even for a durable store (the loop then waits for every
     /// fsync; for comparison and for stores that are fast anyway).
     pub inline_commit: bool,
+    /// How many recent request ids are kept in memory for deduplication; older ones are
+    /// looked up in the store (see `docs/replication.md`, "Retries").
+    pub request_window: chat_core::RequestWindow,
 }
 
 impl ServerConfig {
@@ -182,26 +185,21 @@ impl ServerConfig {
             reference_interval: Duration::from_millis(500),
             sync_interval: Duration::from_secs(2),
             inline_commit: false,
+            request_window: chat_core::RequestWindow::default(),
         }
     }
 }
 
-/// Reads of stored events the core needs (catch-up answers, pushes beyond its outbox).
-pub trait EventReader {
-    /// Events of `origin` with sequence numbers above `after_seq`, ascending, at most `limit`.
-    fn events_after(
-        &self,
-        origin: &str,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError>;
-}
+/// Reads of the store the core needs (catch-up answers, pushes beyond its outbox, history
+/// pages, request ids older than its window, the last publication of a topic): the
+/// store's own read interface.
+pub use chat_store::StoreRead as EventReader;
 
 /// What a server recovers from its store on start.
 #[derive(Debug, Clone, Default)]
 pub struct Recovered {
-    /// Every stored event.
-    pub events: Vec<Event>,
+    /// The small state (users, channels, what is held per origin, counters, digest).
+    pub summary: chat_core::Summary,
     /// The rank the reference gave this server last time, if any.
     pub rank: Option<u64>,
     /// The greatest election term this server has seen (durable).
@@ -212,7 +210,7 @@ impl Recovered {
     /// Reads what a server recovers from `store`.
     pub fn from_store(store: &dyn Store) -> Result<Recovered, StoreError> {
         Ok(Recovered {
-            events: store.load_all()?,
+            summary: store.summary()?,
             rank: store.get_meta(META_RANK)?.and_then(|r| r.parse().ok()),
             term: store
                 .get_meta(META_TERM)?
@@ -352,6 +350,9 @@ struct BatchInfo {
     epoch: u64,
     /// This server's own events in the batch (to publish and push to peers).
     local: Vec<Event>,
+    /// The state's request mark when the batch was taken: request ids before it may be
+    /// forgotten once the batch is durable.
+    request_mark: u64,
     /// Own sequence numbers through this one are durable with the batch.
     own_max: u64,
     /// The version vector including the batch (what `replicate` acknowledgements report).
@@ -456,8 +457,9 @@ pub struct ServerCore {
     /// A defect put back for the simulator's self-test.
     defect: Defect,
     // ----- live publications -----
-    /// Per topic, the sequence number of the last own event published there (the `prev`
-    /// of the next publication on it; see `docs/replication.md`, "Live delivery").
+    /// Per topic key ([`chat_store::topic_key`]), the sequence number of the last own
+    /// event published there (the `prev` of the next publication on it; see
+    /// `docs/replication.md`, "Live delivery"); filled from the store on first use.
     published: BTreeMap<String, u64>,
 }
 
@@ -483,17 +485,16 @@ impl ServerCore {
         reader: Box<dyn EventReader>,
     ) -> ServerCore {
         let mut node = Node::new(cfg.name.clone(), cfg.limits, cfg.rate_limit);
-        node.recover(&recovered.events);
+        node.recover(recovered.summary);
         info!(
             server = %cfg.name,
-            events = recovered.events.len(),
-            users = node.state().users().len(),
-            channels = node.state().channels().len(),
+            events = node.state().event_count(),
+            users = node.state().user_count(),
+            channels = node.state().channel_count(),
             "state recovered"
         );
         let own = node.own_max_seq();
         let durable_vector = vector_of(&node);
-        let published = last_published(&cfg.name, &node, &recovered.events);
         let with_reference = cfg.reference.is_some();
         ServerCore {
             peer_endpoint,
@@ -543,7 +544,7 @@ impl ServerCore {
             },
             failure: None,
             defect: Defect::None,
-            published,
+            published: BTreeMap::new(),
             node,
             cfg,
         }
@@ -655,8 +656,8 @@ impl ServerCore {
                     endpoint: Some(l.endpoint.clone()),
                 })
                 .collect(),
-            users: state.users().len() as u64,
-            channels: state.channels().len() as u64,
+            users: state.user_count() as u64,
+            channels: state.channel_count() as u64,
             messages: state.message_count(),
             events: state.event_count(),
             digest: state.digest(),
@@ -678,6 +679,7 @@ impl ServerCore {
             return None;
         }
         let vector = vector_of(&self.node);
+        let request_mark = self.node.state().request_mark();
         let (events, local) = self.node.take_batch();
         let meta = std::mem::take(&mut self.pending_meta);
         let term = meta
@@ -690,6 +692,7 @@ impl ServerCore {
         self.inflight = Some(BatchInfo {
             epoch,
             local,
+            request_mark,
             own_max: self.node.own_max_seq(),
             vector,
             term,
@@ -754,24 +757,6 @@ impl ServerCore {
             .filter(|p| self.peers.contains(p))
             .collect()
     }
-}
-
-/// Per topic, the last own event that was (or should have been) published there, from the
-/// recovered events: an event committed but not published before a crash is then the
-/// `prev` of the next publication, and subscribers see the gap and repair it.
-fn last_published(name: &str, node: &Node, events: &[Event]) -> BTreeMap<String, u64> {
-    let mut out: BTreeMap<String, u64> = BTreeMap::new();
-    for e in events.iter().filter(|e| e.id.origin == name) {
-        let visible = e
-            .request_id
-            .as_deref()
-            .is_none_or(|rid| node.state().event_for_request(rid) == Some(&e.id));
-        if let Some(p) = e.publication().filter(|_| visible) {
-            let last = out.entry(p.topic().to_string()).or_insert(0);
-            *last = (*last).max(e.id.seq);
-        }
-    }
-    out
 }
 
 /// Per origin, the sequence number through which `node` holds every event.

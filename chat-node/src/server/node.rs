@@ -4,10 +4,12 @@
 use chat_core::protocol::{RequestFailure, NOT_A_CLIENT_SERVICE};
 use chat_core::ratelimit::{write_key, RateLimit, RateLimiter};
 use chat_core::{
-    ChatError, ChatState, ClientRequest, Event, EventId, EventKind, HistoryTarget, LamportClock,
-    Limits, Meta, Read, Reply, ReplyEnvelope, RequestEnvelope, Timestamp,
+    history_page, ChatError, ChatState, ClientRequest, Event, EventId, EventKind, HistoryTarget,
+    LamportClock, Limits, Meta, Read, Reply, ReplyEnvelope, RequestEnvelope, RequestWindow, Stamp,
+    Summary, Timestamp,
 };
-use tracing::{debug, warn};
+use chat_store::{StoreError, StoreRead};
+use tracing::{debug, error, warn};
 
 /// Most bytes of names in a `users` or `channels` reply, so the reply stays well under the
 /// 1 MiB frame limit however many names exist (the list is cut, in name order, beyond).
@@ -74,13 +76,19 @@ impl Node {
         }
     }
 
-    /// Rebuilds state from stored events (on start).
-    pub fn recover(&mut self, events: &[Event]) {
-        for e in events {
-            self.state.apply(e);
-        }
+    /// Takes the small state a store recovered (on start; history stays on disk).
+    pub fn recover(&mut self, summary: Summary) {
+        self.state = ChatState::from_summary(summary);
         self.clock.witness(self.state.max_clock());
         self.next_seq = self.state.applied().get(&self.name).map_or(0, |a| a.max()) + 1;
+    }
+
+    /// Forgets request ids of durable events beyond `window` (`mark`: the state's
+    /// [`ChatState::request_mark`] when the durable batch was taken); the store's index
+    /// answers for them from then on.
+    pub fn trim_requests(&mut self, mark: u64, window: RequestWindow) -> usize {
+        let now = self.state.newest_timestamp_ms();
+        self.state.trim_requests(mark, now, window)
     }
 
     /// Server name.
@@ -125,11 +133,18 @@ impl Node {
     /// Handles a request of any role at physical time `now` as a client's: a service
     /// clients may not use gets the error reply [`chat_core::protocol::decode_client_request`]
     /// gives it (for callers holding a [`chat_core::Request`], such as tests).
-    pub fn handle_request(&mut self, env: RequestEnvelope, now: Timestamp) -> Handled {
+    pub fn handle_request(
+        &mut self,
+        env: RequestEnvelope,
+        now: Timestamp,
+        store: &dyn StoreRead,
+    ) -> Handled {
         let RequestEnvelope { request, meta } = env;
         let service = request.service();
         match ClientRequest::try_from(request) {
-            Ok(request) => self.handle_client_request(RequestEnvelope { request, meta }, now),
+            Ok(request) => {
+                self.handle_client_request(RequestEnvelope { request, meta }, now, store)
+            }
             Err(e) => {
                 self.clock.observe(meta.clock);
                 debug!(server = %self.name, %service, error = %e, "request refused");
@@ -141,16 +156,18 @@ impl Node {
         }
     }
 
-    /// Handles a decoded client request at physical time `now`.
+    /// Handles a decoded client request at physical time `now`, reading history and older
+    /// request ids from `store`.
     pub fn handle_client_request(
         &mut self,
         env: RequestEnvelope<ClientRequest>,
         now: Timestamp,
+        store: &dyn StoreRead,
     ) -> Handled {
         self.clock.observe(env.meta.clock);
         let service = env.request.service();
         let id = env.meta.id.clone();
-        let (reply, hold_for) = match self.answer(env, now) {
+        let (reply, hold_for) = match self.answer(env, now, store) {
             Ok(r) => r,
             Err(e) => {
                 debug!(server = %self.name, %service, error = %e, "request refused");
@@ -183,13 +200,22 @@ impl Node {
         &mut self,
         env: RequestEnvelope<ClientRequest>,
         now: Timestamp,
+        store: &dyn StoreRead,
     ) -> Result<(Reply, Option<u64>), ChatError> {
         let RequestEnvelope { request, meta } = env;
         let reply = match request {
             ClientRequest::Write(write) => {
                 let kind = EventKind::from(write);
                 if let Some(rid) = &meta.id {
-                    if let Some(original) = self.state.event_for_request(rid) {
+                    let original = match self.state.event_for_request(rid) {
+                        Some(id) => Some(id.clone()),
+                        // Older than the window: the store's index knows.
+                        None => store
+                            .request_winner(rid)
+                            .map_err(|e| self.storage_error(&e))?
+                            .map(|e| e.id),
+                    };
+                    if let Some(original) = original {
                         // A retry of a write we already have: the same answer, once it is safe.
                         let hold = (original.origin == self.name).then_some(original.seq);
                         return Ok((Reply::Done, hold));
@@ -230,10 +256,7 @@ impl Node {
                         field: "channel` or `data.user",
                     });
                 }
-                Reply::History(
-                    self.state
-                        .history(&target, before.as_deref(), limit as usize)?,
-                )
+                Reply::History(self.history(&target, before.as_deref(), limit, store)?)
             }
             ClientRequest::Presence(_) => Reply::Done,
             ClientRequest::Status => {
@@ -248,20 +271,61 @@ impl Node {
         Ok((reply, None))
     }
 
-    /// Applies an event replicated from another server; returns whether it was new.
-    pub fn handle_replicated(&mut self, event: Event) -> bool {
+    /// A page of `target`'s history from the store (the same page, item for item, that
+    /// every replica holding the same events gives).
+    fn history(
+        &self,
+        target: &HistoryTarget,
+        before: Option<&str>,
+        limit: u32,
+        store: &dyn StoreRead,
+    ) -> Result<chat_core::HistoryPage, ChatError> {
+        let before = before.map(Stamp::parse_cursor).transpose()?;
+        let limit = (limit as usize).max(1);
+        let rows = store
+            .history(target, before.as_ref(), limit + 1)
+            .map_err(|e| self.storage_error(&e))?;
+        if rows.newest_first.is_empty() {
+            // Nothing stored for the topic: an unknown name, or one with no history yet.
+            match target {
+                HistoryTarget::Channel(c) if !self.state.has_channel(c) => {
+                    return Err(ChatError::UnknownChannel(c.clone()))
+                }
+                HistoryTarget::User(u) if !self.state.has_user(u) => {
+                    return Err(ChatError::UnknownUser(u.clone()))
+                }
+                _ => {}
+            }
+        }
+        Ok(history_page(rows.newest_first, limit, rows.heads))
+    }
+
+    /// Logs a failed store read and turns it into the error a client gets.
+    fn storage_error(&self, e: &StoreError) -> ChatError {
+        error!(server = %self.name, error = %e, "store read failed");
+        ChatError::Internal(format!("the server could not read its store: {e}"))
+    }
+
+    /// Applies an event replicated from another server; returns whether it was new. The
+    /// store answers for request ids older than the window; if it fails, nothing changes.
+    pub fn handle_replicated(
+        &mut self,
+        event: Event,
+        store: &dyn StoreRead,
+    ) -> Result<bool, StoreError> {
         self.clock.observe(event.clock);
         if self.state.contains(&event.id) {
-            return false;
+            return Ok(false);
         }
+        self.state
+            .apply_with(&event, |rid| store.request_winner(rid))?;
         if event.id.origin == self.name {
             // Our own event coming back from a peer (we lost it, e.g. a disk restored
             // from backup): keep it, and never reuse its sequence number.
             self.next_seq = self.next_seq.max(event.id.seq + 1);
         }
-        self.state.apply(&event);
         self.pending.push(event);
-        true
+        Ok(true)
     }
 
     /// This server's own events of the current batch (not yet committed).

@@ -96,7 +96,7 @@ impl ServerCore {
                 }
                 self.fd.heard(now, &from);
                 for e in events {
-                    self.node.handle_replicated(e);
+                    self.apply_replicated(e);
                 }
                 PeerReply::Vector(service.as_str().to_string(), id)
             }
@@ -122,6 +122,7 @@ impl ServerCore {
                         meta: env.meta,
                     },
                     now_ts,
+                    &*self.reader,
                 );
                 PeerReply::Ready(handled.reply)
             }
@@ -165,7 +166,7 @@ impl ServerCore {
                 let n = events.len();
                 let mut new = 0;
                 for e in events {
-                    new += usize::from(self.node.handle_replicated(e));
+                    new += usize::from(self.apply_replicated(e));
                 }
                 if new > 0 {
                     info!(server = %self.cfg.name, from = peer, received = n, new, "caught up events");

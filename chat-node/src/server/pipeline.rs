@@ -2,6 +2,17 @@
 //! pushes, held replies, peer replies).
 
 use super::*;
+use chat_core::{HistoryTarget, Publication};
+
+/// The key of a publication's topic in `published`.
+fn publication_key(p: &Publication) -> String {
+    match p {
+        Publication::Channel(c) => {
+            chat_store::topic_key(&HistoryTarget::Channel(c.channel.clone()))
+        }
+        Publication::Direct(d) => chat_store::topic_key(&HistoryTarget::User(d.dst.clone())),
+    }
+}
 
 impl ServerCore {
     /// Batch `epoch` (from [`ServerCore::poll_batch`]) is durable.
@@ -28,9 +39,12 @@ impl ServerCore {
                 if self.is_visible(event) {
                     // Chain the publications of this server on each topic, so that a
                     // subscriber that missed one knows it (`prev` beyond what it saw).
-                    let last = self.published.entry(p.topic().to_string()).or_insert(0);
-                    p.set_prev(Some(*last));
-                    *last = (*last).max(event.id.seq);
+                    let Some(last) = self.last_published(&p, event.id.seq) else {
+                        return;
+                    };
+                    p.set_prev(Some(last));
+                    self.published
+                        .insert(publication_key(&p), last.max(event.id.seq));
                     match encode_publication(&p, self.cfg.encoding) {
                         Ok(payload) => self.out.push_back(Transmit::Publish {
                             topic: p.topic().to_string(),
@@ -48,6 +62,30 @@ impl ServerCore {
                 Err(e) => warn!(error = %e, "cannot encode an event"),
             }
             debug!(server = %self.cfg.name, event = %event.id, op = event.kind.operation(), "write committed");
+        }
+        self.node
+            .trim_requests(batch.request_mark, self.cfg.request_window);
+    }
+
+    /// The sequence number of the last own publication on `p`'s topic before `seq` (0 if
+    /// none): from memory, or from the store the first time (after a restart, an event
+    /// committed but never published then shows as a gap to subscribers). `None` if the
+    /// store failed (the server stops).
+    fn last_published(&mut self, p: &Publication, seq: u64) -> Option<u64> {
+        let key = publication_key(p);
+        if let Some(&last) = self.published.get(&key) {
+            return Some(last);
+        }
+        let target = match p {
+            Publication::Channel(c) => HistoryTarget::Channel(c.channel.clone()),
+            Publication::Direct(d) => HistoryTarget::User(d.dst.clone()),
+        };
+        match self.reader.last_published(&target, &self.cfg.name, seq) {
+            Ok(last) => Some(last.unwrap_or(0)),
+            Err(e) => {
+                self.failure.get_or_insert(e);
+                None
+            }
         }
     }
 

@@ -74,7 +74,8 @@ impl ServerCore {
             self.queue_reply(token, &reply, encoding);
             return;
         }
-        let Handled { reply, hold_for } = self.node.handle_client_request(env, now_ts);
+        let Handled { reply, hold_for } =
+            self.node.handle_client_request(env, now_ts, &*self.reader);
         match hold_for {
             Some(_) if self.defect == Defect::ReplyBeforeDurable => {
                 match encode_reply(&reply, encoding) {
@@ -98,6 +99,18 @@ impl ServerCore {
                 Err(e) => warn!(error = %e, "cannot encode a reply"),
             },
             None => self.queue_reply(token, &reply, encoding),
+        }
+    }
+
+    /// Applies an event replicated from another server; returns whether it was new. A
+    /// store read that fails stops the server (nothing is applied).
+    pub(super) fn apply_replicated(&mut self, event: Event) -> bool {
+        match self.node.handle_replicated(event, &*self.reader) {
+            Ok(new) => new,
+            Err(e) => {
+                self.failure.get_or_insert(e);
+                false
+            }
         }
     }
 
@@ -136,7 +149,7 @@ impl ServerCore {
             match Event::decode(payload) {
                 Ok(event) => {
                     let id = event.id.clone();
-                    if self.node.handle_replicated(event) {
+                    if self.apply_replicated(event) {
                         debug!(server = %self.cfg.name, event = %id, "replicated event applied (topic)");
                     }
                 }

@@ -82,7 +82,7 @@ fn empty_store(store: &mut dyn Store) {
     assert!(store.load_all().unwrap().is_empty());
     assert!(store.applied().unwrap().is_empty());
     assert!(store.events_after("a", 0, 10).unwrap().is_empty());
-    assert!(store.channel_history("c", None, 10).unwrap().is_empty());
+    assert!(chan_hist(&*store, "c", None, 10).is_empty());
     assert_eq!(store.get_meta("term").unwrap(), None);
     assert_eq!(store.append(&[]).unwrap(), 0);
     assert!(store.load_all().unwrap().is_empty());
@@ -191,42 +191,23 @@ fn channel_history(store: &mut dyn Store) {
     };
     let bodies = |v: Vec<Event>| v.iter().map(body).collect::<Vec<_>>();
     let order = ["10x2", "20x1", "20x3", "20y1", "30z1"];
-    assert_eq!(
-        bodies(store.channel_history("hist", None, 100).unwrap()),
-        order
-    );
-    assert_eq!(
-        bodies(store.channel_history("hist", None, usize::MAX).unwrap()),
-        order
-    );
-    assert!(store.channel_history("hist", None, 0).unwrap().is_empty());
-    assert_eq!(
-        bodies(store.channel_history("other", None, 10).unwrap()),
-        ["other"]
-    );
-    assert!(store
-        .channel_history("geral-x", None, 10)
-        .unwrap()
-        .is_empty());
+    assert_eq!(bodies(chan_hist(&*store, "hist", None, 100)), order);
+    assert_eq!(bodies(chan_hist(&*store, "hist", None, usize::MAX)), order);
+    assert!(chan_hist(&*store, "hist", None, 0).is_empty());
+    assert_eq!(bodies(chan_hist(&*store, "other", None, 10)), ["other"]);
+    assert!(chan_hist(&*store, "geral-x", None, 10).is_empty());
 
     // Page backwards two at a time, each page oldest first.
-    let p1 = store.channel_history("hist", None, 2).unwrap();
+    let p1 = chan_hist(&*store, "hist", None, 2);
     assert_eq!(bodies(p1.clone()), ["20y1", "30z1"]);
-    let p2 = store
-        .channel_history("hist", Some(&p1[0].stamp()), 2)
-        .unwrap();
+    let p2 = chan_hist(&*store, "hist", Some(&p1[0].stamp()), 2);
     assert_eq!(bodies(p2.clone()), ["20x1", "20x3"]);
-    let p3 = store
-        .channel_history("hist", Some(&p2[0].stamp()), 2)
-        .unwrap();
+    let p3 = chan_hist(&*store, "hist", Some(&p2[0].stamp()), 2);
     assert_eq!(bodies(p3.clone()), ["10x2"]);
-    assert!(store
-        .channel_history("hist", Some(&p3[0].stamp()), 2)
-        .unwrap()
-        .is_empty());
+    assert!(chan_hist(&*store, "hist", Some(&p3[0].stamp()), 2).is_empty());
 
     // Strictly before positions that are not events.
-    let before = |s: Stamp, n| bodies(store.channel_history("hist", Some(&s), n).unwrap());
+    let before = |s: Stamp, n| bodies(chan_hist(&*store, "hist", Some(&s), n));
     assert_eq!(before(stamp(20, "x", 2), 10), ["10x2", "20x1"]);
     assert_eq!(before(stamp(20, "x", 3), 10), ["10x2", "20x1"]);
     assert_eq!(before(stamp(20, "x", 4), 10), ["10x2", "20x1", "20x3"]);
@@ -283,4 +264,23 @@ fn invalid_events_leave_store_untouched(store: &mut dyn Store) {
     }
     assert_eq!(store.load_all().unwrap(), before);
     assert!(!store.applied().unwrap().contains_key("fresh"));
+}
+
+/// A channel's visible posts before `before`, the newest `limit` of them, oldest first.
+pub fn chan_hist(
+    store: &dyn chat_store::Store,
+    channel: &str,
+    before: Option<&Stamp>,
+    limit: usize,
+) -> Vec<Event> {
+    let mut page = store
+        .history(
+            &chat_core::HistoryTarget::Channel(channel.to_string()),
+            before,
+            limit,
+        )
+        .unwrap()
+        .newest_first;
+    page.reverse();
+    page
 }

@@ -1,0 +1,203 @@
+//! The indexes every store keeps beside its events, maintained by one function for both
+//! stores: which copy of a request is visible, history by topic, users and channels, the
+//! summary counters, and the gapless prefix per origin.
+//!
+//! The rule is the domain's ([`chat_core::domain::shows`]): of the events that carry one
+//! request id, the one with the smallest event id is visible. Every index depends only on
+//! the set of events appended, not on their order, so replicas agree.
+
+use std::collections::BTreeMap;
+
+use chat_core::domain::{event_hash, shows};
+use chat_core::{Event, EventId, EventKind, HistoryTarget, Stamp};
+
+use crate::StoreError;
+
+/// Kind of a counted name: a user (visible logins) or a channel (visible creations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum NameKind {
+    User,
+    Channel,
+}
+
+impl NameKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            NameKind::User => "user",
+            NameKind::Channel => "channel",
+        }
+    }
+}
+
+/// The summary counters a store keeps (in its metadata, written with every batch).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Counters {
+    pub max_clock: u64,
+    pub events: u64,
+    pub messages: u64,
+    pub digest: u64,
+}
+
+/// Metadata keys of the counters.
+pub(crate) const META_MAX_CLOCK: &str = "summary.max_clock";
+pub(crate) const META_EVENTS: &str = "summary.events";
+pub(crate) const META_MESSAGES: &str = "summary.messages";
+pub(crate) const META_DIGEST: &str = "summary.digest";
+
+impl Counters {
+    /// The counters as metadata entries.
+    pub(crate) fn entries(&self) -> [(&'static str, String); 4] {
+        [
+            (META_MAX_CLOCK, self.max_clock.to_string()),
+            (META_EVENTS, self.events.to_string()),
+            (META_MESSAGES, self.messages.to_string()),
+            (META_DIGEST, format!("{:016x}", self.digest)),
+        ]
+    }
+
+    /// Counters from metadata (absent keys: zero).
+    pub(crate) fn from_meta(
+        get: impl Fn(&str) -> Result<Option<String>, StoreError>,
+    ) -> Result<Counters, StoreError> {
+        let num = |key: &str| -> Result<u64, StoreError> {
+            match get(key)? {
+                None => Ok(0),
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("metadata {key} is {v:?}"))),
+            }
+        };
+        let digest = match get(META_DIGEST)? {
+            None => 0,
+            Some(v) => u64::from_str_radix(&v, 16)
+                .map_err(|_| StoreError::Corrupt(format!("metadata {META_DIGEST} is {v:?}")))?,
+        };
+        Ok(Counters {
+            max_clock: num(META_MAX_CLOCK)?,
+            events: num(META_EVENTS)?,
+            messages: num(META_MESSAGES)?,
+            digest,
+        })
+    }
+}
+
+/// The history topic of a target, as stored: `#channel` or `@user` (users and channels
+/// never share a key, whatever their names).
+pub fn topic_key(target: &HistoryTarget) -> String {
+    match target {
+        HistoryTarget::Channel(c) => format!("#{c}"),
+        HistoryTarget::User(u) => format!("@{u}"),
+    }
+}
+
+/// What one store's transaction offers the index logic.
+pub(crate) trait IndexTx {
+    /// Whether the event is stored.
+    fn contains(&mut self, id: &EventId) -> Result<bool, StoreError>;
+    /// Stores a new event, visible or not.
+    fn insert(&mut self, e: &Event, body: &[u8], visible: bool) -> Result<(), StoreError>;
+    /// The visible event of a request id.
+    fn winner(&mut self, rid: &str) -> Result<Option<Event>, StoreError>;
+    /// Marks a stored event hidden.
+    fn set_hidden(&mut self, id: &EventId) -> Result<(), StoreError>;
+    /// Adds or removes a history row (`head`: it counts for the topic's heads).
+    fn history_row(
+        &mut self,
+        topic: &str,
+        stamp: &Stamp,
+        head: bool,
+        add: bool,
+    ) -> Result<(), StoreError>;
+    /// Adds `delta` to a name's count (removing it at zero).
+    fn bump_name(&mut self, kind: NameKind, name: &str, delta: i64) -> Result<(), StoreError>;
+    /// The counters being updated.
+    fn counters(&mut self) -> &mut Counters;
+    /// The highest `n` with 1..=n of `origin` stored, as last recorded (`None`: the origin
+    /// has no record yet).
+    fn through(&mut self, origin: &str) -> Result<Option<u64>, StoreError>;
+    /// Records a new gapless prefix for `origin`.
+    fn set_through(&mut self, origin: &str, through: u64) -> Result<(), StoreError>;
+}
+
+/// Appends a batch through `tx`: each new event stored and indexed, the gapless prefix of
+/// each origin advanced. Returns how many events were new.
+pub(crate) fn append_indexed(
+    tx: &mut impl IndexTx,
+    events: &[Event],
+    bodies: &[Vec<u8>],
+) -> Result<usize, StoreError> {
+    let mut added = 0;
+    let mut origins: BTreeMap<&str, ()> = BTreeMap::new();
+    for (e, body) in events.iter().zip(bodies) {
+        if tx.contains(&e.id)? {
+            continue;
+        }
+        let winner = match &e.request_id {
+            Some(rid) => tx.winner(rid)?,
+            None => None,
+        };
+        let show = shows(&e.id, winner.as_ref().map(|w| &w.id));
+        tx.insert(e, body, show)?;
+        let c = tx.counters();
+        c.events += 1;
+        c.max_clock = c.max_clock.max(e.clock);
+        if show {
+            if let Some(loser) = winner {
+                tx.set_hidden(&loser.id)?;
+                visibility(tx, &loser, false)?;
+            }
+            visibility(tx, e, true)?;
+        }
+        origins.insert(&e.id.origin, ());
+        added += 1;
+    }
+    for origin in origins.keys() {
+        let start = tx.through(origin)?;
+        let mut through = start.unwrap_or(0);
+        while tx.contains(&EventId {
+            origin: origin.to_string(),
+            seq: through + 1,
+        })? {
+            through += 1;
+        }
+        if start != Some(through) {
+            tx.set_through(origin, through)?;
+        }
+    }
+    Ok(added)
+}
+
+/// Shows or hides an event in the indexes.
+fn visibility(tx: &mut impl IndexTx, e: &Event, show: bool) -> Result<(), StoreError> {
+    let delta = if show { 1 } else { -1 };
+    tx.counters().digest ^= event_hash(e);
+    let stamp = e.stamp();
+    match &e.kind {
+        EventKind::UserLoggedIn { user } => tx.bump_name(NameKind::User, user, delta)?,
+        EventKind::ChannelCreated { channel } => tx.bump_name(NameKind::Channel, channel, delta)?,
+        EventKind::ChannelMessage { channel, .. } => {
+            bump_messages(tx, show);
+            let topic = topic_key(&HistoryTarget::Channel(channel.clone()));
+            tx.history_row(&topic, &stamp, true, show)?;
+        }
+        EventKind::DirectMessage { src, dst, .. } => {
+            bump_messages(tx, show);
+            let to = topic_key(&HistoryTarget::User(dst.clone()));
+            tx.history_row(&to, &stamp, true, show)?;
+            if src != dst {
+                let from = topic_key(&HistoryTarget::User(src.clone()));
+                tx.history_row(&from, &stamp, false, show)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bump_messages(tx: &mut impl IndexTx, show: bool) {
+    let c = tx.counters();
+    c.messages = if show {
+        c.messages + 1
+    } else {
+        c.messages.saturating_sub(1)
+    };
+}
