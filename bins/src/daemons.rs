@@ -228,6 +228,14 @@ pub struct ServerArgs {
     /// Writes a quiet user may make at once before the per-second rate applies.
     #[arg(long, env = "CHAT_RATE_LIMIT_BURST", default_value_t = chat_core::ratelimit::DEFAULT_BURST)]
     pub rate_limit_burst: u32,
+    /// Request ids kept in memory to answer a retried write without a new event; a retry
+    /// of an older one is answered from the store's index instead (same answer, one disk
+    /// read). Bounds the memory that deduplication takes.
+    #[arg(long, env = "CHAT_DEDUP_WINDOW_COUNT", default_value_t = chat_core::RequestWindow::default().max_count)]
+    pub dedup_window_count: usize,
+    /// Seconds of event time a request id stays in memory (see --dedup-window-count).
+    #[arg(long, env = "CHAT_DEDUP_WINDOW_SECS", default_value_t = chat_core::RequestWindow::default().max_age_ms / 1000)]
+    pub dedup_window_secs: u64,
     /// Maintenance commands.
     #[command(subcommand)]
     pub command: Option<ServerCommand>,
@@ -315,6 +323,10 @@ pub fn server(args: &ServerArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
             policy: args.ack_policy,
             window: args.replicate_window,
             ..ReplicationConfig::default()
+        },
+        request_window: chat_core::RequestWindow {
+            max_count: args.dedup_window_count,
+            max_age_ms: args.dedup_window_secs.saturating_mul(1000),
         },
         ..ServerConfig::new(args.name.clone())
     };

@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_core::{HistoryPage, HistoryTarget};
 use chat_net::client::{Client, ClientConfig};
 use chat_testkit::fake_peer;
-use support::{history_at, status_at, wait_for, Load, ProcCluster, DEADLINE};
+use support::{history_at, pages_at, status_at, wait_for, Load, ProcCluster, DEADLINE};
 
 /// Publishers that keep posting to `channel` until stopped; what was acknowledged.
 fn publishers(cfg: &ClientConfig, channel: &str, n: usize) -> Load<String> {
@@ -228,4 +229,66 @@ fn a_write_only_its_dying_server_held_was_never_acknowledged() {
         fake.join().unwrap() > 0,
         "the fake peer never received the write"
     );
+}
+
+/// Every page (7 items each) of the channel's and two users' histories, as `name` pages them.
+fn all_pages(cluster: &ProcCluster, name: &str) -> Vec<Vec<HistoryPage>> {
+    [
+        HistoryTarget::Channel("geral".into()),
+        HistoryTarget::User("ana".into()),
+        HistoryTarget::User("bia".into()),
+    ]
+    .iter()
+    .map(|t| pages_at(&cluster.peer_endpoint(name), t, 7).expect("history pages"))
+    .collect()
+}
+
+#[test]
+fn history_pages_are_the_same_on_every_server_and_after_a_restart_of_all() {
+    let mut cluster = ProcCluster::start(3);
+    let names = ["server-1", "server-2", "server-3"];
+    let c = setup(&cluster, &names);
+    c.login("bia").unwrap();
+    let load = publishers(&cluster.client_config(), "geral", 3);
+    for i in 0..40 {
+        let (src, dst) = if i % 2 == 0 {
+            ("ana", "bia")
+        } else {
+            ("bia", "ana")
+        };
+        c.send_message(src, dst, &format!("dm-{i}")).unwrap();
+    }
+    load.wait_acks(300);
+    let acked: BTreeSet<String> = load.stop().into_iter().collect();
+    assert_converged(&cluster, &names, &acked);
+    let before = all_pages(&cluster, "server-1");
+    assert!(
+        before[0].len() > 40,
+        "the channel pages back over many pages"
+    );
+    assert_eq!(before[1].iter().map(|p| p.items.len()).sum::<usize>(), 40);
+    for n in &names[1..] {
+        assert_eq!(all_pages(&cluster, n), before, "{n} pages differently");
+    }
+    // Every server killed, then restarted from its store: the same pages, cursors and heads.
+    for n in names {
+        cluster.server(n).kill9();
+    }
+    for n in names {
+        cluster.start_server(n);
+    }
+    let back = wait_for(DEADLINE, || {
+        names
+            .iter()
+            .all(|n| status_at(&cluster.peer_endpoint(n)).is_some_and(|s| s.caught_up))
+            .then_some(())
+    });
+    assert!(back.is_some(), "servers did not come back");
+    for n in names {
+        assert_eq!(
+            all_pages(&cluster, n),
+            before,
+            "{n} pages differently after restart"
+        );
+    }
 }

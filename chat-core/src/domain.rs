@@ -900,4 +900,52 @@ mod tests {
         );
         assert_eq!(history_page(Vec::new(), 5, BTreeMap::new()).items.len(), 0);
     }
+
+    #[test]
+    fn memory_stays_bounded_while_history_grows() {
+        // 20,000 posts, committed in batches of 100, with a window of 500 request ids:
+        // the window never holds more, and nothing else grows with the posts.
+        let mut s = ChatState::new();
+        s.apply(&ev(
+            "a",
+            1,
+            1,
+            EventKind::ChannelCreated {
+                channel: "c".into(),
+            },
+        ));
+        let window = RequestWindow {
+            max_count: 500,
+            max_age_ms: u64::MAX,
+        };
+        for batch in 0..200u64 {
+            let mark = s.request_mark();
+            for i in 0..100u64 {
+                let n = batch * 100 + i + 2;
+                let mut e = ev("a", n, n, post("c", "ana", "a hundred bytes or so"));
+                e.request_id = Some(format!("r{n}"));
+                s.apply(&e);
+            }
+            // The batch before this one is durable now.
+            s.trim_requests(mark, 0, window);
+            assert!(s.window_len() <= 600, "{}", s.window_len());
+        }
+        s.trim_requests(s.request_mark(), 0, window);
+        assert_eq!(s.window_len(), 500);
+        assert_eq!(s.message_count(), 20_000);
+        let summary = s.summary();
+        assert_eq!(
+            (
+                summary.users.len(),
+                summary.channels.len(),
+                summary.applied.len()
+            ),
+            (0, 1, 1)
+        );
+        assert_eq!(
+            summary.applied["a"].above().count(),
+            0,
+            "one number per origin"
+        );
+    }
 }

@@ -165,3 +165,76 @@ fn sqlite_two_handles_on_one_directory() {
     assert_eq!(b.append(&sample()).unwrap(), 2);
     assert_eq!(a.load_all().unwrap(), sample());
 }
+
+#[test]
+fn a_version_1_database_is_migrated_with_its_indexes() {
+    // The schema of version 1: the events (and a channel index), nothing else.
+    let dir = tempfile::tempdir().unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE events (
+            row INTEGER PRIMARY KEY AUTOINCREMENT, origin TEXT NOT NULL, seq INTEGER NOT NULL,
+            clock INTEGER NOT NULL, timestamp_ms INTEGER NOT NULL, operation TEXT NOT NULL,
+            channel TEXT, body BLOB NOT NULL, UNIQUE (origin, seq));
+         CREATE INDEX events_channel_history ON events (channel, clock, origin, seq)
+            WHERE channel IS NOT NULL;
+         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+         INSERT INTO meta VALUES ('term', '3');
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    let mut events = sample();
+    // Two copies of one request: only the first (smaller id) is visible.
+    let mut copy1 = ev("a", 3, 9, post("geral", "ana", "twice"));
+    copy1.request_id = Some("r".into());
+    let mut copy2 = ev("b", 2, 8, post("geral", "ana", "twice"));
+    copy2.request_id = Some("r".into());
+    events.push(copy1);
+    events.push(copy2);
+    for e in &events {
+        let channel = match &e.kind {
+            chat_core::EventKind::ChannelMessage { channel, .. } => Some(channel.clone()),
+            _ => None,
+        };
+        conn.execute(
+            "INSERT INTO events (origin, seq, clock, timestamp_ms, operation, channel, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            rusqlite::params![
+                e.id.origin,
+                e.id.seq as i64,
+                e.clock as i64,
+                e.timestamp.millis(),
+                e.kind.operation(),
+                channel,
+                e.encode(chat_core::Encoding::MsgPack).unwrap()
+            ],
+        )
+        .unwrap();
+    }
+    drop(conn);
+
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let mut reference = MemoryStore::default();
+    reference.append(&events).unwrap();
+    assert_eq!(
+        store.load_all().unwrap(),
+        events,
+        "every event kept, in order"
+    );
+    assert_eq!(store.summary().unwrap(), reference.summary().unwrap());
+    assert_eq!(
+        chan_hist(&store, "geral", None, 10),
+        chan_hist(&reference, "geral", None, 10)
+    );
+    assert_eq!(
+        store.request_winner("r").unwrap().map(|e| e.id.origin),
+        Some("a".to_string())
+    );
+    assert_eq!(store.get_meta("term").unwrap().as_deref(), Some("3"));
+    drop(store);
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+}

@@ -319,6 +319,34 @@ pub fn history_at(endpoint: &str, channel: &str) -> Option<Vec<chat_core::Channe
     None
 }
 
+/// Every page of `target`'s history, `limit` items each, as the server at `endpoint` pages
+/// it (newest page first: items, cursors and heads).
+pub fn pages_at(
+    endpoint: &str,
+    target: &chat_core::HistoryTarget,
+    limit: u32,
+) -> Option<Vec<chat_core::HistoryPage>> {
+    let mut pages = Vec::new();
+    let mut before = None;
+    for _ in 0..10_000 {
+        let req = chat_core::Request::History {
+            target: target.clone(),
+            before: before.clone(),
+            limit,
+        };
+        let page = match ask(endpoint, req)?.reply {
+            chat_core::Reply::History(p) => p,
+            _ => return None,
+        };
+        before = page.next.clone();
+        pages.push(page);
+        if before.is_none() {
+            return Some(pages);
+        }
+    }
+    None
+}
+
 /// A peer named `fake` that registers with the reference at `reference` (then heartbeats
 /// every 300 ms) and answers everything on its own ROUTER socket (so a server sees it alive
 /// and caught up) except `replicate`, which it swallows: a write pushed to it is never

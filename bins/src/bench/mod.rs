@@ -75,6 +75,7 @@ mod cpu;
 mod flags;
 mod load;
 mod report;
+mod scale;
 
 use anyhow::Context as _;
 use chat_net::Shutdown;
@@ -87,6 +88,7 @@ pub use report::{
     BenchReport, CpuReport, DeliveryReport, Latency, LoadReport, Machine, OpReport, Ratio,
     ReplicaReport, RunConfig, ThreadCpu,
 };
+pub use scale::{history_scale, ScaleArgs};
 
 use baseline::run_baseline;
 use chat::run_chat;

@@ -1,7 +1,7 @@
 //! `chat-bench`: load generator for the chat cluster, with a raw-ZeroMQ baseline.
 
-use bins::bench::{run, BenchArgs};
-use clap::Parser;
+use bins::bench::{history_scale, run, BenchArgs, ScaleArgs};
+use clap::{Parser, Subcommand};
 
 /// Chat benchmark: closed-loop clients against a chat cluster (started in this process on
 /// loopback, or a running one with --broker/--sub), subscribers counting every delivered
@@ -11,10 +11,21 @@ use clap::Parser;
 ///
 /// Progress goes to stderr every second; the report to stdout (text, or JSON with --json).
 #[derive(Parser)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
     #[command(flatten)]
     args: BenchArgs,
+}
+
+/// Other measurements.
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// What a long history costs one server: fill a store with a million posts, then time
+    /// the restart of the real chat-server on it, its memory, and history pages from the
+    /// middle of a long channel.
+    HistoryScale(ScaleArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -24,6 +35,9 @@ fn main() -> anyhow::Result<()> {
         std::env::set_var("RUST_LOG", "warn");
     }
     bins::init_logging("bench");
+    if let Some(BenchCommand::HistoryScale(args)) = &cli.command {
+        return history_scale(args);
+    }
     let shutdown = bins::install_shutdown();
     let report = run(&cli.args, &shutdown)?;
     if cli.args.json {

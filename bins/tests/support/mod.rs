@@ -13,7 +13,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 #[allow(unused_imports)]
-pub use chat_testkit::{ask, history_at, status_at, wait_for};
+pub use chat_testkit::{ask, history_at, pages_at, status_at, wait_for};
 
 /// How long any process test waits for a condition before failing.
 pub const DEADLINE: Duration = Duration::from_secs(15);
