@@ -6,7 +6,7 @@
 //! request id, the one with the smallest event id is visible. Every index depends only on
 //! the set of events appended, not on their order, so replicas agree.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chat_core::domain::{event_hash, shows};
 use chat_core::{Event, EventId, EventKind, HistoryTarget, Stamp};
@@ -94,8 +94,8 @@ pub fn topic_key(target: &HistoryTarget) -> String {
 pub(crate) trait IndexTx {
     /// Whether the event is stored.
     fn contains(&mut self, id: &EventId) -> Result<bool, StoreError>;
-    /// Stores a new event, visible or not.
-    fn insert(&mut self, e: &Event, body: &[u8], visible: bool) -> Result<(), StoreError>;
+    /// Stores an event, visible or not; false (nothing written) if it is stored already.
+    fn insert(&mut self, e: &Event, body: &[u8], visible: bool) -> Result<bool, StoreError>;
     /// The visible event of a request id.
     fn winner(&mut self, rid: &str) -> Result<Option<Event>, StoreError>;
     /// Marks a stored event hidden.
@@ -127,17 +127,18 @@ pub(crate) fn append_indexed(
     bodies: &[Vec<u8>],
 ) -> Result<usize, StoreError> {
     let mut added = 0;
-    let mut origins: BTreeMap<&str, ()> = BTreeMap::new();
+    // Per origin, the sequence numbers this batch added.
+    let mut origins: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
     for (e, body) in events.iter().zip(bodies) {
-        if tx.contains(&e.id)? {
-            continue;
-        }
         let winner = match &e.request_id {
             Some(rid) => tx.winner(rid)?,
             None => None,
         };
+        // (An event stored already is its own winner: not shown, and not inserted.)
         let show = shows(&e.id, winner.as_ref().map(|w| &w.id));
-        tx.insert(e, body, show)?;
+        if !tx.insert(e, body, show)? {
+            continue;
+        }
         let c = tx.counters();
         c.events += 1;
         c.max_clock = c.max_clock.max(e.clock);
@@ -148,16 +149,20 @@ pub(crate) fn append_indexed(
             }
             visibility(tx, e, true)?;
         }
-        origins.insert(&e.id.origin, ());
+        origins.entry(&e.id.origin).or_default().insert(e.id.seq);
         added += 1;
     }
-    for origin in origins.keys() {
+    for (origin, added) in origins {
         let start = tx.through(origin)?;
         let mut through = start.unwrap_or(0);
-        while tx.contains(&EventId {
-            origin: origin.to_string(),
-            seq: through + 1,
-        })? {
+        // In order, the batch itself says how far the prefix goes; the store is asked
+        // only where the batch has no answer (events stored earlier, out of order).
+        while added.contains(&(through + 1))
+            || tx.contains(&EventId {
+                origin: origin.to_string(),
+                seq: through + 1,
+            })?
+        {
             through += 1;
         }
         if start != Some(through) {

@@ -52,7 +52,10 @@ impl IndexTx for MemoryStore {
             .is_some_and(|s| s.contains_key(&id.seq)))
     }
 
-    fn insert(&mut self, e: &Event, _body: &[u8], visible: bool) -> Result<(), StoreError> {
+    fn insert(&mut self, e: &Event, _body: &[u8], visible: bool) -> Result<bool, StoreError> {
+        if self.contains(&e.id)? {
+            return Ok(false);
+        }
         let index = self.log.len();
         self.by_origin
             .entry(e.id.origin.clone())
@@ -65,7 +68,7 @@ impl IndexTx for MemoryStore {
                 .insert(index);
         }
         self.log.push((e.clone(), visible));
-        Ok(())
+        Ok(true)
     }
 
     fn winner(&mut self, rid: &str) -> Result<Option<Event>, StoreError> {

@@ -21,7 +21,7 @@
 //!
 //! ```sql
 //! CREATE TABLE events (
-//!     row          INTEGER PRIMARY KEY AUTOINCREMENT, -- append order
+//!     row          INTEGER NOT NULL,                  -- append order (not indexed)
 //!     origin       TEXT    NOT NULL,                  -- EventId.origin
 //!     seq          INTEGER NOT NULL,                  -- EventId.seq
 //!     clock        INTEGER NOT NULL,                  -- Lamport stamp
@@ -30,8 +30,8 @@
 //!     request_id   TEXT,                              -- client request id, if any
 //!     visible      INTEGER NOT NULL,                  -- 0: a copy that lost to an earlier copy of its request
 //!     body         BLOB    NOT NULL,                  -- Event::encode(MsgPack): the event itself
-//!     UNIQUE (origin, seq)                            -- dedup key, and the index of events_after
-//! );
+//!     PRIMARY KEY (origin, seq)                       -- dedup key; clustered: one b-tree
+//! ) WITHOUT ROWID;
 //! CREATE INDEX events_request ON events (request_id) WHERE request_id IS NOT NULL;
 //! -- History by topic (`#channel`, `@user`): visible posts, and private messages under
 //! -- both the sender and the recipient (`head` = 1 for the recipient's row).
@@ -74,7 +74,7 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const SCHEMA: &str = "
 CREATE TABLE events (
-    row          INTEGER PRIMARY KEY AUTOINCREMENT,
+    row          INTEGER NOT NULL,
     origin       TEXT    NOT NULL,
     seq          INTEGER NOT NULL,
     clock        INTEGER NOT NULL,
@@ -83,8 +83,8 @@ CREATE TABLE events (
     request_id   TEXT,
     visible      INTEGER NOT NULL,
     body         BLOB    NOT NULL,
-    UNIQUE (origin, seq)
-);
+    PRIMARY KEY (origin, seq)
+) WITHOUT ROWID;
 CREATE INDEX events_request ON events (request_id) WHERE request_id IS NOT NULL;
 CREATE TABLE history (
     topic  TEXT    NOT NULL,
@@ -114,9 +114,9 @@ PRAGMA user_version = 2;
 
 const CONTAINS: &str = "SELECT 1 FROM events WHERE origin = ?1 AND seq = ?2";
 
-const INSERT_EVENT: &str = "INSERT INTO events \
-    (origin, seq, clock, timestamp_ms, operation, request_id, visible, body) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+const INSERT_EVENT: &str = "INSERT OR IGNORE INTO events \
+    (row, origin, seq, clock, timestamp_ms, operation, request_id, visible, body) \
+    VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
 const WINNER: &str =
     "SELECT origin, seq, body FROM events WHERE request_id = ?1 AND visible = 1 LIMIT 1";
@@ -615,8 +615,8 @@ impl IndexTx for SqlTx<'_, '_> {
             .exists(params![id.origin, seq])?)
     }
 
-    fn insert(&mut self, e: &Event, body: &[u8], visible: bool) -> Result<(), StoreError> {
-        self.tx.prepare_cached(INSERT_EVENT)?.execute(params![
+    fn insert(&mut self, e: &Event, body: &[u8], visible: bool) -> Result<bool, StoreError> {
+        let n = self.tx.prepare_cached(INSERT_EVENT)?.execute(params![
             e.id.origin,
             to_sql_int(e.id.seq, "sequence number", e)?,
             to_sql_int(e.clock, "clock", e)?,
@@ -625,8 +625,11 @@ impl IndexTx for SqlTx<'_, '_> {
             e.request_id,
             visible,
             body,
+            // Append order: one more than the events stored before (the counter is
+            // incremented after an insert that stored something).
+            sql_u64(self.counters.events + 1),
         ])?;
-        Ok(())
+        Ok(n == 1)
     }
 
     fn winner(&mut self, rid: &str) -> Result<Option<Event>, StoreError> {
