@@ -43,6 +43,11 @@ pub struct UpArgs {
     /// Keep server state in memory only.
     #[arg(long)]
     pub memory: bool,
+    /// Clock synchronisation of every server: `berkeley` (the coordinator averages the
+    /// clocks) or `cristian` (every server follows the coordinator's clock).
+    #[arg(long, env = "CHAT_CLOCK_SYNC", default_value = "berkeley",
+          value_parser = crate::daemons::parse_clock_sync)]
+    pub clock_sync: chat_sync::ClockSync,
     /// Address of the web UI (`none` to skip it).
     #[arg(long, env = "CHAT_WEB_LISTEN", default_value = "127.0.0.1:8080")]
     pub web: String,
@@ -266,6 +271,8 @@ fn start(
             tcp(ports.reference),
             "--peer".into(),
             tcp(ports.peer_base + i as u16),
+            "--clock-sync".into(),
+            args.clock_sync.to_string(),
         ];
         if args.memory {
             a.push("--memory".into());
@@ -324,8 +331,9 @@ fn start(
         eprintln!("       up | web UI: {url}");
     }
     eprintln!(
-        "       up | cluster up: {} servers, {} bots; broker {}, subscriptions {}",
+        "       up | cluster up: {} servers ({} clock sync), {} bots; broker {}, subscriptions {}",
         args.servers,
+        args.clock_sync,
         args.bots,
         tcp(ports.frontend),
         tcp(ports.xpub)
