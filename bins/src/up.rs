@@ -343,6 +343,13 @@ fn start(
         tcp(ports.frontend),
         tcp(ports.xpub)
     );
+    let names: Vec<String> = (1..=args.servers).map(|i| format!("server-{i}")).collect();
+    eprintln!(
+        "       up | check it end to end: cargo run --release --bin chat -- check --servers {} --broker {} --sub {}",
+        names.join(","),
+        tcp(ports.frontend),
+        tcp(ports.xpub)
+    );
     eprintln!("       up | Ctrl-C stops everything");
     Ok(())
 }
