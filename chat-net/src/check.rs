@@ -258,6 +258,23 @@ fn explain(e: &ClientError, cfg: &ClientConfig) -> String {
     }
 }
 
+/// Why subscribing to `topic` (and reading its baseline) failed.
+fn subscribe_failed(topic: &str, e: &ClientError, cfg: &CheckConfig) -> String {
+    match e {
+        ClientError::Timeout { .. } => format!(
+            "subscribed to {topic}, but its baseline history read (through the broker at {}) \
+             did not answer within {} ms",
+            cfg.client.broker,
+            cfg.delivery_timeout.as_millis()
+        ),
+        other => format!(
+            "could not subscribe to {topic} at {} ({})",
+            cfg.client.sub,
+            explain(other, &cfg.client)
+        ),
+    }
+}
+
 /// A short unique text, so that a check recognises its own post among others.
 fn probe_text(what: &str) -> String {
     let id = new_request_id();
@@ -404,13 +421,7 @@ fn publish_step(cfg: &CheckConfig, client: &Client) -> Result<String, String> {
     let ccfg = &cfg.client;
     client
         .subscribe_with_baseline(PROBE_CHANNEL, cfg.delivery_timeout)
-        .map_err(|e| {
-            format!(
-                "could not subscribe to {PROBE_CHANNEL} ({}): is the proxy running at {}?",
-                explain(&e, ccfg),
-                ccfg.sub
-            )
-        })?;
+        .map_err(|e| subscribe_failed(PROBE_CHANNEL, &e, cfg))?;
     let text = probe_text("check post");
     let t0 = Instant::now();
     let result = client.publish(PROBE_USER, PROBE_CHANNEL, &text);
@@ -446,13 +457,7 @@ fn message_step(cfg: &CheckConfig, client: &Client) -> Result<String, String> {
     let ccfg = &cfg.client;
     client
         .subscribe_with_baseline(PROBE_USER, cfg.delivery_timeout)
-        .map_err(|e| {
-            format!(
-                "could not subscribe to {PROBE_USER} ({}): is the proxy running at {}?",
-                explain(&e, ccfg),
-                ccfg.sub
-            )
-        })?;
+        .map_err(|e| subscribe_failed(PROBE_USER, &e, cfg))?;
     let text = probe_text("check message");
     let t0 = Instant::now();
     let result = client.send_message(PROBE_USER, PROBE_USER, &text);
@@ -553,10 +558,11 @@ fn servers_step(
             Some(name)
         }
         Err(e) => {
-            return Err(format!(
-                "status through the broker: {}",
-                explain(&e, &cfg.client)
-            ))
+            let why = format!("status through the broker: {}", explain(&e, &cfg.client));
+            for r in servers.values_mut() {
+                r.error = Some(format!("not asked ({why})"));
+            }
+            return Err(why);
         }
     };
     // Ask every server named with an endpoint directly; answers name more (bounded).
