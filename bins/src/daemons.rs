@@ -15,7 +15,7 @@ use chat_net::reference::{run_reference, ReferenceConfig};
 use chat_net::server::{run_server_reporting, ServerConfig};
 use chat_net::Shutdown;
 use chat_store::{MemoryStore, SqliteStore, Store};
-use chat_sync::{AckPolicy, ReplicationConfig};
+use chat_sync::{AckPolicy, ClockSync, ReplicationConfig};
 use clap::{Args, Subcommand};
 
 /// Prints the endpoints a component actually bound, on stdout, for scripts and tests.
@@ -213,6 +213,12 @@ pub struct ServerArgs {
         allow_hyphen_values = true
     )]
     pub clock_skew_ms: i64,
+    /// How the servers' physical clocks are kept in step: `berkeley` (the coordinator
+    /// averages every clock and tells each server its correction; seeds 000-002) or
+    /// `cristian` (every server sets its clock to the coordinator's, measured with the round
+    /// trip; seed 004). Run every server of a cluster with the same choice.
+    #[arg(long, env = "CHAT_CLOCK_SYNC", default_value = "berkeley", value_parser = parse_clock_sync)]
+    pub clock_sync: ClockSync,
     /// Requests the broker may hand this server at once.
     #[arg(long, env = "CHAT_CAPACITY", default_value_t = chat_net::backend::DEFAULT_CAPACITY)]
     pub capacity: u32,
@@ -274,6 +280,11 @@ pub fn parse_policy(s: &str) -> Result<AckPolicy, String> {
     }
 }
 
+/// Parses `berkeley` or `cristian`.
+pub fn parse_clock_sync(s: &str) -> Result<ClockSync, String> {
+    s.parse()
+}
+
 /// Parses `msgpack` or `json`.
 pub fn parse_encoding(s: &str) -> Result<Encoding, String> {
     Encoding::parse(s).ok_or_else(|| format!("unknown encoding {s:?}: use msgpack or json"))
@@ -306,6 +317,7 @@ pub fn server(args: &ServerArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
         publish: args.publish.clone(),
         subscribe: args.subscribe.clone(),
         clock_skew_ms: args.clock_skew_ms,
+        clock_sync: args.clock_sync,
         capacity: args.capacity,
         limits: Limits {
             max_message_bytes: args.max_message_bytes,
@@ -331,7 +343,7 @@ pub fn server(args: &ServerArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
         ..ServerConfig::new(args.name.clone())
     };
     let ctx = chat_net::Context::new();
-    tracing::info!(server = %cfg.name, broker = %cfg.broker, "starting");
+    tracing::info!(server = %cfg.name, broker = %cfg.broker, clock_sync = %cfg.clock_sync, "starting");
     let (tx, rx) = crossbeam_channel::bounded::<String>(1);
     let name = cfg.name.clone();
     let announcer = std::thread::spawn(move || {

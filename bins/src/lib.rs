@@ -4,6 +4,8 @@
 //! - [`client_cli`]: the terminal client (`chat-client`): command parsing, rendering, modes.
 //! - [`bench`](mod@bench): `chat-bench`, the load generator with a raw-ZeroMQ baseline in the same run.
 //! - [`bot`]: the seed bot (`chat-bot`).
+//! - [`check`]: `chat check`, the cluster self-check's flags and report (the steps are
+//!   `chat_net::check`).
 //! - [`daemons`]: flags and entry points of the broker, proxy, reference, server and web UI.
 //! - [`sim`]: `chat-sim`, the deterministic whole-cluster simulator over many seeds.
 //! - [`up`]: `chat up`, which starts a whole cluster of child processes on loopback.
@@ -12,6 +14,7 @@
 
 pub mod bench;
 pub mod bot;
+pub mod check;
 pub mod client_cli;
 pub mod daemons;
 pub mod sim;

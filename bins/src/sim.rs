@@ -49,6 +49,10 @@ pub struct SimArgs {
     /// `reply-before-durable` (a write's reply leaves before its batch is durable).
     #[arg(long, value_parser = parse_defect)]
     pub defect: Option<chat_node::server::Defect>,
+    /// The servers' clock synchronisation, `berkeley` or `cristian` (default: each seed
+    /// draws one, half of them Cristian).
+    #[arg(long, value_parser = crate::daemons::parse_clock_sync)]
+    pub clock_sync: Option<chat_sync::ClockSync>,
 }
 
 /// Parses a defect name.
@@ -74,6 +78,7 @@ impl SimArgs {
             trace,
             stop_at_first: true,
             defect: self.defect.unwrap_or_default(),
+            clock_sync: self.clock_sync,
         }
     }
 }
@@ -141,6 +146,12 @@ pub fn run(args: &SimArgs, out: &mut dyn Write) -> std::io::Result<bool> {
         sweep.events as f64 / secs,
         sweep.virtual_time.as_secs_f64()
     )?;
+    let modes: Vec<String> = sweep
+        .clock_sync
+        .iter()
+        .map(|(mode, n)| format!("{mode} {n}"))
+        .collect();
+    writeln!(out, "runs by clock sync: {}", modes.join(", "))?;
     writeln!(out, "faults injected:")?;
     for (kind, n) in &sweep.faults {
         writeln!(out, "  {kind:<20} {n}")?;

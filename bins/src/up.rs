@@ -43,6 +43,11 @@ pub struct UpArgs {
     /// Keep server state in memory only.
     #[arg(long)]
     pub memory: bool,
+    /// Clock synchronisation of every server: `berkeley` (the coordinator averages the
+    /// clocks) or `cristian` (every server follows the coordinator's clock).
+    #[arg(long, env = "CHAT_CLOCK_SYNC", default_value = "berkeley",
+          value_parser = crate::daemons::parse_clock_sync)]
+    pub clock_sync: chat_sync::ClockSync,
     /// Address of the web UI (`none` to skip it).
     #[arg(long, env = "CHAT_WEB_LISTEN", default_value = "127.0.0.1:8080")]
     pub web: String,
@@ -266,6 +271,8 @@ fn start(
             tcp(ports.reference),
             "--peer".into(),
             tcp(ports.peer_base + i as u16),
+            "--clock-sync".into(),
+            args.clock_sync.to_string(),
         ];
         if args.memory {
             a.push("--memory".into());
@@ -324,14 +331,22 @@ fn start(
         eprintln!("       up | web UI: {url}");
     }
     eprintln!(
-        "       up | cluster up: {} servers, {} bots; broker {}, subscriptions {}",
+        "       up | cluster up: {} servers ({} clock sync), {} bots; broker {}, subscriptions {}",
         args.servers,
+        args.clock_sync,
         args.bots,
         tcp(ports.frontend),
         tcp(ports.xpub)
     );
     eprintln!(
         "       up | attach a client: cargo run --release --bin chat-client -- --user ana --broker {} --sub {}",
+        tcp(ports.frontend),
+        tcp(ports.xpub)
+    );
+    let names: Vec<String> = (1..=args.servers).map(|i| format!("server-{i}")).collect();
+    eprintln!(
+        "       up | check it end to end: cargo run --release --bin chat -- check --servers {} --broker {} --sub {}",
+        names.join(","),
         tcp(ports.frontend),
         tcp(ports.xpub)
     );

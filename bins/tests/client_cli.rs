@@ -436,6 +436,13 @@ fn status_lines() {
     assert_eq!(lines[0], "server: server-1 (rank 2)");
     assert!(lines.iter().any(|l| l == "coordinator: server-3 (term 5)"));
     assert!(lines.iter().any(|l| l == "clock offset: -3 ms"));
+    let cristian = ServerStatus {
+        clock_sync: Some(s("cristian")),
+        ..st.clone()
+    };
+    assert!(render_status(&cristian)
+        .iter()
+        .any(|l| l == "clock offset: -3 ms (cristian sync)"));
     assert!(lines.iter().any(|l| l == "peers: server-3 (rank 3)"));
     assert!(lines
         .iter()

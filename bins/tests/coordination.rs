@@ -1,30 +1,12 @@
 //! Coordination with real processes: ranks from the reference, Bully election announced on
-//! `servers`, re-election after `kill -9`, Berkeley clock sync of skewed servers.
+//! `servers`, re-election after `kill -9`, Berkeley and Cristian clock sync of skewed servers.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use chat_net::client::{Client, ClientEvent};
-use support::{status_at, wait_for, ProcCluster};
-
-/// Waits until every named server reports the same coordinator, which is the highest
-/// rank among them; returns (coordinator, term).
-fn agreed(cluster: &ProcCluster, names: &[&str], deadline: Duration) -> Option<(String, u64)> {
-    wait_for(deadline, || {
-        let statuses: Vec<_> = names
-            .iter()
-            .map(|n| status_at(&cluster.peer_endpoint(n)))
-            .collect::<Option<Vec<_>>>()?;
-        let highest = statuses.iter().max_by_key(|s| s.rank)?;
-        let first = statuses.first()?;
-        let same = statuses
-            .iter()
-            .all(|s| s.coordinator == first.coordinator && s.term == first.term);
-        (same && first.coordinator.as_deref() == Some(highest.name.as_str()))
-            .then(|| (highest.name.clone(), first.term))
-    })
-}
+use support::{agreed, status_at, wait_for, ProcCluster};
 
 #[test]
 fn coordinator_killed_survivors_elect_highest_rank_and_it_takes_over_again() {
@@ -104,6 +86,83 @@ fn skewed_clocks_converge_within_10_ms() {
         stamps.iter().all(|s| (s - base).abs() <= 10 + 5),
         "server timestamps disagree: {stamps:?}"
     );
+}
+
+/// The physical clock of the server at `endpoint` minus ours (ms), from the timestamp of a
+/// `status` reply read at the middle of the round trip; and the status itself.
+fn clock_of(endpoint: &str) -> Option<(f64, chat_core::ServerStatus)> {
+    let sent = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64()
+        * 1000.0;
+    let t0 = Instant::now();
+    let reply = support::ask(endpoint, chat_core::Request::Status)?;
+    let rtt = t0.elapsed().as_secs_f64() * 1000.0;
+    let stamp = reply.meta.timestamp?.millis() as f64;
+    match reply.reply {
+        chat_core::Reply::Status(s) => Some((stamp - (sent + rtt / 2.0), *s)),
+        _ => None,
+    }
+}
+
+#[test]
+fn cristian_followers_converge_to_the_coordinators_clock_within_10_ms() {
+    let mut cluster = ProcCluster::start(0);
+    cluster.server_flags = vec!["--clock-sync=cristian".into()];
+    let skews = [("server-1", -1000i64), ("server-2", 0), ("server-3", 800)];
+    for (name, skew) in skews {
+        cluster.start_server_with(name, &[&format!("--clock-skew-ms={skew}")]);
+    }
+    let started = Instant::now();
+    let names = skews.map(|(n, _)| n);
+    let (coordinator, _) =
+        agreed(&cluster, &names, Duration::from_secs(20)).expect("a coordinator");
+    let own_skew = skews
+        .iter()
+        .find(|(n, _)| *n == coordinator)
+        .map(|(_, s)| *s)
+        .expect("the coordinator is one of ours");
+    // Every follower's timestamps land on the coordinator's clock (offsets share one OS
+    // clock here, so equal offsets mean equal clocks; the timestamps confirm it).
+    let converged = wait_for(Duration::from_secs(20), || {
+        let readings: Vec<(f64, chat_core::ServerStatus)> = names
+            .iter()
+            .map(|n| clock_of(&cluster.peer_endpoint(n)))
+            .collect::<Option<Vec<_>>>()?;
+        let (coord_clock, _) = readings.iter().find(|(_, s)| s.name == coordinator)?;
+        let gaps: Vec<(String, f64, i64)> = readings
+            .iter()
+            .map(|(c, s)| {
+                (
+                    s.name.clone(),
+                    c - coord_clock,
+                    s.clock_offset_ms - own_skew,
+                )
+            })
+            .collect();
+        gaps.iter()
+            .all(|(_, stamp_gap, offset_gap)| stamp_gap.abs() <= 10.0 && offset_gap.abs() <= 10)
+            .then_some((gaps, readings))
+    });
+    let (gaps, readings) = converged.expect("the followers did not reach the coordinator's clock");
+    eprintln!(
+        "cristian: coordinator {coordinator} (skew {own_skew:+} ms); within 10 ms {} ms after \
+         the last start; follower - coordinator (timestamps, offsets): {gaps:?}",
+        started.elapsed().as_millis()
+    );
+    for (_, s) in &readings {
+        assert_eq!(
+            s.clock_sync.as_deref(),
+            Some("cristian"),
+            "{} says its mode",
+            s.name
+        );
+        if s.name == coordinator {
+            // Cristian never moves the coordinator's clock: everyone comes to it.
+            assert_eq!(s.clock_offset_ms, own_skew, "the coordinator's clock moved");
+        }
+    }
 }
 
 #[test]

@@ -14,6 +14,16 @@ pub const RESERVED_NAMES: &[&str] = &["servers", "replication", "sync", "presenc
 /// Prefix reserved for future internal topics.
 pub const RESERVED_PREFIX: char = '$';
 
+/// Prefix of the names the cluster check (`chat check`, chat-web's "Check the cluster") gives
+/// its probe user and channel. Servers accept such names like any other; clients leave them
+/// out of the lists they show people (see [`is_probe_name`]).
+pub const PROBE_PREFIX: &str = "_check-";
+
+/// Whether `name` belongs to the cluster check's probe traffic ([`PROBE_PREFIX`]).
+pub fn is_probe_name(name: &str) -> bool {
+    name.starts_with(PROBE_PREFIX)
+}
+
 /// Limits a server enforces on what it accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -108,6 +118,17 @@ mod tests {
             let err = validate_name(NameKind::Channel, name).unwrap_err();
             assert_eq!(&err.code(), code, "{name:?}");
             assert!(!err.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn probe_names_are_valid_names_told_apart_by_their_prefix() {
+        for n in ["_check-probe", "_check-channel"] {
+            assert_eq!(validate_name(NameKind::User, n), Ok(()), "{n}");
+            assert!(is_probe_name(n));
+        }
+        for n in ["check-probe", "_check", "x_check-", "ana"] {
+            assert!(!is_probe_name(n), "{n}");
         }
     }
 

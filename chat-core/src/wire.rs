@@ -213,8 +213,11 @@ pub struct ServerStatus {
     pub term: u64,
     /// The server's Lamport clock.
     pub lamport: u64,
-    /// Correction applied to the OS clock, in milliseconds (Berkeley).
+    /// Correction applied to the OS clock, in milliseconds (by clock sync).
     pub clock_offset_ms: i64,
+    /// The clock synchronisation the server runs: `berkeley` or `cristian` (absent from
+    /// servers that predate the choice, which run Berkeley).
+    pub clock_sync: Option<String>,
     /// Peers the server knows.
     pub peers: Vec<ServerInfo>,
     /// Number of users.

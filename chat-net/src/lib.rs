@@ -16,6 +16,9 @@
 //!   each subscription's baseline (the driver of `chat_node::delivery::Delivery`: repeats
 //!   dropped, losses repaired from `history` on the subscriber's own REQ socket).
 //! - `sockets` (private): socket options applied everywhere (linger, high-water marks).
+//! - [`check`]: the cluster self-check (`chat check`, chat-web's "Check the cluster"): a
+//!   probe user and channel through the real broker and proxy, every server's `status`, one
+//!   coordinator and term, clocks in step; each step with its result, time and reason.
 //! - [`cluster`]: a whole cluster on threads of one process, on OS-chosen loopback ports
 //!   (for `chat-bench`, examples and tests).
 //! - [`baseline`]: plain ZeroMQ echo (ROUTER/DEALER proxy, REP workers, REQ clients), the
@@ -30,6 +33,7 @@ use std::sync::Arc;
 pub mod backend;
 pub mod baseline;
 pub mod broker;
+pub mod check;
 pub mod client;
 pub mod cluster;
 pub mod proxy;

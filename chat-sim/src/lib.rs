@@ -71,6 +71,9 @@ pub struct Options {
     pub stop_at_first: bool,
     /// A known defect put back in every server (the simulator's self-test).
     pub defect: chat_node::server::Defect,
+    /// The servers' clock synchronisation; `None`: each seed draws one (half of them
+    /// Cristian), from its own stream so that the seed's other draws stay what they were.
+    pub clock_sync: Option<chat_sync::ClockSync>,
 }
 
 impl Default for Options {
@@ -85,6 +88,7 @@ impl Default for Options {
             trace: false,
             stop_at_first: true,
             defect: chat_node::server::Defect::None,
+            clock_sync: None,
         }
     }
 }
@@ -149,6 +153,8 @@ pub struct Stats {
     pub virtual_time: Duration,
     /// The fault mix of the seed.
     pub swarm: String,
+    /// The servers' clock synchronisation in this run (`berkeley` or `cristian`).
+    pub clock_sync: &'static str,
 }
 
 /// The result of one run.
@@ -203,6 +209,8 @@ pub struct Sweep {
     pub repaired: u64,
     /// Virtual time simulated over all runs.
     pub virtual_time: Duration,
+    /// Runs by clock synchronisation.
+    pub clock_sync: BTreeMap<&'static str, u64>,
 }
 
 impl Sweep {
@@ -223,6 +231,9 @@ impl Sweep {
         self.raw_missing += other.raw_missing;
         self.repaired += other.repaired;
         self.virtual_time += other.virtual_time;
+        for (k, n) in other.clock_sync {
+            *self.clock_sync.entry(k).or_default() += n;
+        }
         self.failures.extend(other.failures);
         self.failures.sort_by_key(|o| o.seed);
     }
@@ -244,6 +255,7 @@ impl Sweep {
         self.raw_missing += o.stats.raw_missing;
         self.repaired += o.stats.repaired;
         self.virtual_time += o.stats.virtual_time;
+        *self.clock_sync.entry(o.stats.clock_sync).or_default() += 1;
         if !o.passed() {
             self.failures.push(o);
         }

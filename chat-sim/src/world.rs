@@ -13,6 +13,7 @@ use chat_core::{Timestamp, TOPIC_SERVERS};
 use chat_node::broker::{BrokerCore, BrokerCoreConfig, SendFailure, Transmit as BrokerTransmit};
 use chat_node::reference::ReferenceCore;
 use chat_node::server::{ServerConfig, ServerCore, Time, Transmit};
+use chat_sync::ClockSync;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -142,6 +143,23 @@ pub struct World {
     violations: Vec<Violation>,
     stats: Stats,
     trace: Option<Vec<String>>,
+    /// The servers' clock synchronisation.
+    clock_sync: ClockSync,
+}
+
+/// The clock synchronisation seed `seed` draws when [`Options::clock_sync`] leaves it open:
+/// half of the seeds run Cristian. It comes from its own stream (SplitMix64 of the seed), so
+/// every other draw of the seed is the same as before the choice existed.
+pub fn seeded_clock_sync(seed: u64) -> ClockSync {
+    let mut z = (seed ^ 0xc105_c5c4).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    if z % 2 == 1 {
+        ClockSync::Cristian
+    } else {
+        ClockSync::Berkeley
+    }
 }
 
 impl World {
@@ -220,8 +238,10 @@ impl World {
             violations: Vec::new(),
             stats: Stats::default(),
             trace: opts.trace.then(Vec::new),
+            clock_sync: opts.clock_sync.unwrap_or_else(|| seeded_clock_sync(seed)),
         };
         w.stats.swarm = format!("{:?}", w.swarm);
+        w.stats.clock_sync = w.clock_sync.as_str();
         w
     }
 
@@ -655,6 +675,7 @@ impl World {
         let mut cfg = ServerConfig::new(srv.name.clone());
         cfg.reference = Some("sim://reference".into());
         cfg.request_window = self.swarm.request_window;
+        cfg.clock_sync = self.clock_sync;
         let reader = Box::new(DiskReader(srv.disk.clone()));
         let mut core = ServerCore::new(
             cfg,

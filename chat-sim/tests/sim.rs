@@ -124,17 +124,30 @@ fn a_healthy_cluster_keeps_every_rule() {
 }
 
 #[test]
+fn a_healthy_cluster_with_cristian_clock_sync_keeps_every_rule() {
+    let opts = Options {
+        faults: false,
+        clock_sync: Some(chat_sync::ClockSync::Cristian),
+        ..Options::default()
+    };
+    let s = sweep(0..2, &opts);
+    assert!(s.failures.is_empty(), "{}", report(&s.failures));
+    assert_eq!(s.clock_sync.get("cristian"), Some(&2));
+}
+
+#[test]
 fn seeds_under_faults_keep_every_rule() {
     let n = seeds();
     let started = std::time::Instant::now();
     let s = sweep_parallel(10_000..10_000 + n, &Options::default(), threads());
     eprintln!(
-        "{} seeds in {:.1} s ({:.0}/s), faults {:?}, {} writes acknowledged",
+        "{} seeds in {:.1} s ({:.0}/s), faults {:?}, {} writes acknowledged, clock sync {:?}",
         s.runs,
         started.elapsed().as_secs_f64(),
         s.runs as f64 / started.elapsed().as_secs_f64(),
         s.faults,
-        s.acked
+        s.acked,
+        s.clock_sync
     );
     assert!(s.failures.is_empty(), "{}", report(&s.failures));
     // The runs did what they are for: faults of every kind, writes acknowledged meanwhile.
@@ -152,6 +165,14 @@ fn seeds_under_faults_keep_every_rule() {
         );
     }
     assert!(s.acked > n * 100, "{} writes acknowledged", s.acked);
+    // Both clock synchronisations ran under faults.
+    for mode in ["berkeley", "cristian"] {
+        assert!(
+            s.clock_sync.get(mode).is_some_and(|k| *k > 0),
+            "no {mode} run in {n} seeds: {:?}",
+            s.clock_sync
+        );
+    }
 }
 
 #[test]

@@ -15,8 +15,10 @@
 //! | GET | `/api/history/channel` | `?name=&before=&limit=` | `{"items","next"}` |
 //! | GET | `/api/history/direct` | `?before=&limit=` | `{"items","next"}` (the user's own) |
 //! | GET | `/api/cluster` | | [`crate::cluster::ClusterSnapshot`] |
+//! | POST | `/api/check` | | [`chat_net::check::CheckReport`]: the cluster self-check, run here |
 //! | GET | `/api/events` | | Server-Sent Events, one [`Item`] as JSON per event |
 //!
+//! `/api/users` and `/api/channels` leave out the cluster check's probe names (`_check-`).
 //! Every `/api` route but `login` needs the session cookie. Errors are
 //! [`ApiError`]s: `{"error": code, "message": sentence, "detail"}`. Writes must come from
 //! the page's own origin (the `Origin` header, when present, must match `Host`), bodies are
@@ -43,6 +45,7 @@ use axum::{Json, Router};
 use chat_core::protocol::HistoryPage;
 use chat_core::validate::validate_name;
 use chat_core::{HistoryTarget, NameKind, Publication, TOPIC_SERVERS};
+use chat_net::check::{run_check, CheckConfig, CheckReport};
 use chat_net::client::{Client, ClientConfig};
 use chat_net::Shutdown;
 use parking_lot::Mutex;
@@ -85,6 +88,8 @@ pub struct AppState {
     /// Raised when the server stops.
     pub stop: Shutdown,
     slots: Arc<Semaphore>,
+    /// One cluster check at a time (a second click waits for the first, then runs).
+    check: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -100,6 +105,7 @@ impl AppState {
             cluster: Arc::new(Mutex::new(ClusterView::default())),
             stop: Shutdown::new(),
             slots: Arc::new(Semaphore::new(limits.max_concurrent_calls.max(1))),
+            check: tokio::sync::Mutex::new(()),
             limits,
         })
     }
@@ -165,6 +171,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/history/channel", get(channel_history))
         .route("/api/history/direct", get(direct_history))
         .route("/api/cluster", get(cluster))
+        .route("/api/check", post(check))
         .route("/api/events", get(events))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
@@ -457,6 +464,14 @@ async fn session_info(Authed(s): Authed) -> Json<SessionInfo> {
     })
 }
 
+/// Names without the cluster check's probe user and channel (not for people).
+fn without_probes(names: Vec<String>) -> Vec<String> {
+    names
+        .into_iter()
+        .filter(|n| !chat_core::validate::is_probe_name(n))
+        .collect()
+}
+
 #[derive(Debug, Serialize)]
 struct UsersReply {
     users: Vec<String>,
@@ -468,7 +483,9 @@ async fn users(
 ) -> Result<Json<UsersReply>, ApiError> {
     let client = s.client().clone();
     let users = app.call_as(&s, move || Ok(client.users()?)).await?;
-    Ok(Json(UsersReply { users }))
+    Ok(Json(UsersReply {
+        users: without_probes(users),
+    }))
 }
 
 #[derive(Debug, Serialize)]
@@ -484,7 +501,7 @@ async fn channels(
     let client = s.client().clone();
     let channels = app.call_as(&s, move || Ok(client.channels()?)).await?;
     Ok(Json(ChannelsReply {
-        channels,
+        channels: without_probes(channels),
         joined: s.joined(),
     }))
 }
@@ -706,6 +723,25 @@ async fn cluster(
 ) -> Json<crate::cluster::ClusterSnapshot> {
     let stale_after = app.limits.status_interval * 3;
     Json(app.cluster.lock().snapshot(Instant::now(), stale_after))
+}
+
+/// Runs the cluster self-check from here (chat-web's own SDK client, through the broker and
+/// proxy it serves): every server the cluster panel knows must answer.
+async fn check(
+    State(app): State<Arc<AppState>>,
+    Authed(s): Authed,
+) -> Result<Json<CheckReport>, ApiError> {
+    let _one_at_a_time = app.check.lock().await;
+    let cfg = CheckConfig {
+        client: app.client_config.clone(),
+        expect_servers: app.cluster.lock().known_servers(),
+        delivery_timeout: app.client_config.timeout,
+        ..CheckConfig::default()
+    };
+    tracing::info!(user = %s.user(), "cluster check");
+    let report = app.call(move || Ok(run_check(&cfg))).await?;
+    tracing::info!(ok = report.ok, summary = %report.summary(), "cluster check done");
+    Ok(Json(report))
 }
 
 async fn events(

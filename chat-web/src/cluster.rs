@@ -49,6 +49,8 @@ pub struct ServerRow {
     pub lamport: u64,
     /// Correction applied to its physical clock, in milliseconds.
     pub clock_offset_ms: i64,
+    /// Its clock synchronisation (`berkeley`, `cristian`), once known.
+    pub clock_sync: Option<String>,
     /// Users it knows.
     pub users: u64,
     /// Channels it knows.
@@ -129,6 +131,16 @@ impl ClusterView {
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < FORGET_AFTER);
     }
 
+    /// Every server the table knows by name: those that answered within the last
+    /// minute and those they name as peers (the cluster check expects them all to answer).
+    pub fn known_servers(&self) -> Vec<String> {
+        let mut names: std::collections::BTreeSet<String> = self.servers.keys().cloned().collect();
+        for (s, _) in self.servers.values() {
+            names.extend(s.peers.iter().map(|p| p.name.clone()));
+        }
+        names.into_iter().collect()
+    }
+
     /// Peer endpoints of the servers known (named as peers by a recent answer), by name.
     pub fn endpoints(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
@@ -158,6 +170,7 @@ impl ClusterView {
                     term: s.term,
                     lamport: s.lamport,
                     clock_offset_ms: s.clock_offset_ms,
+                    clock_sync: s.clock_sync.clone(),
                     users: s.users,
                     channels: s.channels,
                     messages: s.messages,
@@ -177,6 +190,7 @@ impl ClusterView {
                     term: 0,
                     lamport: 0,
                     clock_offset_ms: 0,
+                    clock_sync: None,
                     users: 0,
                     channels: 0,
                     messages: 0,
@@ -326,6 +340,7 @@ mod tests {
         v.record_status(status("s2", 2, "s2", &["s1"]), t0);
         let endpoints = v.endpoints();
         assert_eq!(endpoints.keys().collect::<Vec<_>>(), ["s1", "s2", "s3"]);
+        assert_eq!(v.known_servers(), ["s1", "s2", "s3"]);
         assert_eq!(endpoints["s3"], "tcp://s3");
         let snap = v.snapshot(t0 + Duration::from_secs(1), Duration::from_secs(6));
         let names: Vec<&str> = snap.servers.iter().map(|r| r.name.as_str()).collect();

@@ -5,7 +5,8 @@
 //!   future resolves), [`serve`], and the blocking entry points [`run_web`] / [`run_web_with`]
 //!   that the binary and `chat up` use.
 //! - [`api`]: the HTTP routes (`/`, `/app.js`, `/app.css`, `/api/...`), the JSON shapes, the
-//!   session extractor and the security headers.
+//!   session extractor and the security headers; `POST /api/check` runs the cluster
+//!   self-check ([`chat_net::check`]) here, for the page's "Check the cluster" button.
 //! - [`session`]: browser sessions: random token cookie, one SDK [`chat_net::client::Client`]
 //!   per session (its own subscriptions), a pump thread per session that forwards the SDK's
 //!   events into bounded per-stream queues for Server-Sent Events, expiry and limits.

@@ -375,7 +375,11 @@
     $("servers").tBodies[0].replaceChildren(...rows);
     let summary;
     if (c.error && !(c.servers || []).some((s) => s.answering)) summary = c.error;
-    else if (c.coordinator) summary = `Coordinator ${c.coordinator} (term ${c.term}) · ${rows.length} server${rows.length === 1 ? "" : "s"}`;
+    else if (c.coordinator) {
+      const modes = [...new Set((c.servers || []).filter((s) => s.answering && s.clock_sync).map((s) => s.clock_sync))];
+      summary = `Coordinator ${c.coordinator} (term ${c.term}) · ${rows.length} server${rows.length === 1 ? "" : "s"}`;
+      if (modes.length) summary += ` · ${modes.join(" + ")} clock sync`;
+    }
     else if (rows.length) summary = `${rows.length} server${rows.length === 1 ? "" : "s"}, no coordinator elected yet`;
     else summary = "Asking the servers…";
     if (c.announcement && !state.announcements.length) {
@@ -384,6 +388,42 @@
     }
     $("cluster-summary").textContent = summary;
     $("cluster-summary").className = c.error ? "hint warn" : "hint";
+  }
+
+  // ---------- cluster self-check ----------
+
+  const MARKS = { pass: "\u2714", fail: "\u2718", skip: "\u2013" };
+
+  async function runCheck() {
+    const button = $("check-button");
+    const summary = $("check-summary");
+    button.disabled = true;
+    summary.textContent = "Checking the cluster\u2026";
+    summary.className = "hint";
+    $("check-steps").replaceChildren();
+    let r;
+    try {
+      r = await api("POST", "/api/check");
+    } catch (e) {
+      summary.textContent = e instanceof ApiError ? e.message : `The check could not run: ${e}`;
+      summary.className = "hint warn";
+      button.disabled = false;
+      return;
+    }
+    const steps = r.steps || [];
+    $("check-steps").replaceChildren(...steps.map((s) =>
+      el("li", { class: `step ${s.outcome}` },
+        el("span", { class: "step-mark", text: MARKS[s.outcome] || "?" }),
+        el("span", { class: "step-title", text: s.title }),
+        el("span", { class: "step-ms", text: `${s.ms} ms` }),
+        el("div", { class: "step-detail", text: s.detail }))));
+    const failed = steps.filter((s) => s.outcome === "fail").length;
+    const skipped = steps.filter((s) => s.outcome === "skip").length;
+    summary.textContent = r.ok
+      ? `All ${steps.length} steps passed in ${r.ms} ms.`
+      : `${failed} of ${steps.length} steps failed${skipped ? `, ${skipped} skipped` : ""} (${r.ms} ms).`;
+    summary.className = r.ok ? "hint ok" : "hint warn";
+    button.disabled = false;
   }
 
   // ---------- sign in / out ----------
@@ -416,6 +456,7 @@
     state.unread = new Map();
     state.announcements = [];
     renderAnnouncements();
+    $("check-steps").replaceChildren();
     $("whoami").hidden = true;
     $("app-view").hidden = true;
     $("login-view").hidden = false;
@@ -491,6 +532,7 @@
       const v = state.view;
       if (v) attempt(() => loadHistory(v, true));
     };
+    $("check-button").addEventListener("click", runCheck);
     $("load-older").addEventListener("click", older);
     $("scroller").addEventListener("scroll", () => {
       const v = state.view;

@@ -242,3 +242,73 @@ fn idle_sessions_expire() {
     let r = http(web.addr, "GET", "/api/session", Some(&cookie), None);
     assert_eq!(r.status, 401);
 }
+
+#[test]
+fn the_cluster_check_runs_from_the_api_and_its_probe_stays_out_of_the_lists() {
+    let cluster = TestCluster::start(2);
+    let web = TestWeb::start(cluster.web_config(), WebLimits::default());
+    let addr = web.addr;
+    assert_eq!(
+        post_json(addr, "/api/check", None, &json!({})).status,
+        401,
+        "not without a session"
+    );
+    let cookie = sign_in(addr, "dora");
+    // Until the two servers agree on a coordinator the check says so; then all pass.
+    let mut last = serde_json::Value::Null;
+    let passed = wait_for(DEADLINE, || {
+        let r = post_json(addr, "/api/check", Some(&cookie), &json!({}));
+        assert_eq!(r.status, 200, "{}", r.body);
+        last = r.json();
+        (last["ok"] == true).then(|| last.clone())
+    });
+    let report = passed.unwrap_or_else(|| panic!("the check never passed: {last:#}"));
+    let steps = report["steps"].as_array().expect("steps");
+    let names: Vec<&str> = steps.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "login",
+            "channel",
+            "publish",
+            "message",
+            "servers",
+            "coordinator",
+            "clocks"
+        ]
+    );
+    for s in steps {
+        assert_eq!(s["outcome"], "pass", "{s}");
+        assert!(s["ms"].is_u64() && s["title"].is_string() && s["detail"].is_string());
+    }
+    let servers = report["servers"].as_array().expect("servers");
+    assert_eq!(servers.len(), 2);
+    assert!(servers.iter().all(|s| s["answered"] == true));
+
+    // The probe exists in the cluster, but the page's lists leave it out.
+    let sdk = cluster.client();
+    assert!(sdk
+        .channels()
+        .expect("channels")
+        .contains(&"_check-channel".to_string()));
+    assert!(sdk
+        .users()
+        .expect("users")
+        .contains(&"_check-probe".to_string()));
+    let channels = http(addr, "GET", "/api/channels", Some(&cookie), None).json();
+    let users = http(addr, "GET", "/api/users", Some(&cookie), None).json();
+    for name in channels["channels"]
+        .as_array()
+        .into_iter()
+        .chain(users["users"].as_array())
+        .flatten()
+    {
+        assert!(
+            !name.as_str().is_some_and(|n| n.starts_with("_check-")),
+            "{name} listed"
+        );
+    }
+    assert!(users["users"]
+        .as_array()
+        .is_some_and(|u| u.iter().any(|n| n == "dora")));
+}

@@ -1,5 +1,6 @@
 //! End to end in a real headless Chromium: two people chat through chat-web, on an
-//! in-process cluster (proxy, broker, reference, two servers, then a third).
+//! in-process cluster (proxy, broker, reference, two servers, then a third), and check the
+//! cluster with the page's button (all pass; then, with a server stopped, that step fails).
 //!
 //! Needs Chromium (`/usr/bin/chromium`, or `$CHROMIUM`); fails with instructions without it.
 //! Saves a screenshot to `target/chat-web.png`, and also to `$CHAT_WEB_SCREENSHOT` when set
@@ -230,6 +231,35 @@ fn two_people_chat_in_real_headless_chromium() {
     let names = bia.texts("#servers .server-name");
     assert_eq!(names, ["server-1", "server-2", "server-3"]);
 
+    // The self-check: bia clicks "Check the cluster"; every step passes, each with its time.
+    bia.click("#check-button");
+    bia.wait_js(
+        "the check's results",
+        "document.getElementById('check-summary').textContent.startsWith('All 7 steps passed')",
+    );
+    let titles = bia.texts("#check-steps .step-title");
+    assert_eq!(titles.len(), 7, "{titles:?}");
+    assert_eq!(titles[0], "Log in the probe user");
+    assert!(bia
+        .texts("#check-steps .step-ms")
+        .iter()
+        .all(|t| t.ends_with(" ms")));
+    assert_eq!(
+        bia.texts("#check-steps .step.pass .step-mark").len(),
+        7,
+        "seven green marks"
+    );
+    // The probe's user and channel exist, but people's lists leave them out.
+    let probes = bia.eval(
+        "Promise.all([fetch('/api/channels').then(r => r.json()), fetch('/api/users').then(r => r.json())])\
+         .then(([c, u]) => [...c.channels, ...u.users].filter(n => n.startsWith('_check-')).length)",
+    );
+    assert_eq!(probes, 0, "probe names listed");
+    assert!(hostile
+        .channels()
+        .expect("channels")
+        .contains(&"_check-channel".to_string()));
+
     // Back to the channel for the picture.
     bia.click_item("#channel-list", "# sala");
     bia.wait_text("#messages .text", SCRIPT_ATTACK);
@@ -253,6 +283,26 @@ fn two_people_chat_in_real_headless_chromium() {
         bia.screenshot(&p);
         println!("screenshot saved to {}", p.display());
     }
+    assert_inert(&mut bia);
+
+    // A server stops: the check fails the per-server step, says which server and why, and
+    // still shows the other steps.
+    cluster.stop_server("server-1");
+    bia.click("#check-button");
+    bia.wait_js(
+        "the failed check",
+        "document.getElementById('check-summary').textContent.includes('steps failed')",
+    );
+    let failed = bia.texts("#check-steps .step.fail .step-detail");
+    assert!(
+        failed.iter().any(|d| d.contains("server-1:")),
+        "the failing step names server-1: {failed:?}"
+    );
+    assert!(
+        bia.texts("#check-steps .step.pass .step-title")
+            .contains(&"Publish a post and receive it".to_string()),
+        "the rest still works"
+    );
     assert_inert(&mut bia);
 
     // Sign out returns to the sign-in form; the old cookie no longer works.

@@ -1,5 +1,6 @@
-//! `chat`: the multi-call binary. `chat up` runs the whole cluster; `chat broker|proxy|server|...`
-//! run one component (the same code as the dedicated binaries).
+//! `chat`: the multi-call binary. `chat up` runs the whole cluster; `chat check` checks a
+//! running one; `chat broker|proxy|server|...` run one component (the same code as the
+//! dedicated binaries).
 
 use bins::daemons::{BrokerArgs, ProxyArgs, ReferenceArgs, ServerArgs, WebArgs};
 use bins::up::UpArgs;
@@ -8,6 +9,7 @@ use clap::{Parser, Subcommand};
 /// Replicated chat over ZeroMQ.
 ///
 /// `chat up` starts broker, proxy, 3 servers and 2 bots on loopback; Ctrl-C stops them.
+/// `chat check` tells, step by step, whether a running cluster works (exit code 0 if so).
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -19,6 +21,9 @@ struct Cli {
 enum Cmd {
     /// Run the whole cluster on loopback (broker, proxy, servers, bots).
     Up(UpArgs),
+    /// Check a running cluster end to end: probe user, channel, post, private message,
+    /// every server's status, one coordinator and term, clocks (exit code 0 if all pass).
+    Check(bins::check::CheckArgs),
     /// Run the request broker.
     Broker(BrokerArgs),
     /// Run the pub/sub proxy.
@@ -40,6 +45,10 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     if let Cmd::Client(args) = cli.command {
         bins::init_logging("chat-client");
         return Ok(bins::client_cli::run(args));
+    }
+    if let Cmd::Check(args) = cli.command {
+        bins::init_logging("check");
+        return Ok(bins::check::run(&args));
     }
     let shutdown = bins::install_shutdown();
     let result = match cli.command {
@@ -71,7 +80,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             bins::init_logging("bot");
             bins::bot::run_bot(&args.config(), &shutdown).map(|_| ())
         }
-        Cmd::Client(_) => Ok(()),
+        Cmd::Client(_) | Cmd::Check(_) => Ok(()),
     };
     result.map(|()| std::process::ExitCode::SUCCESS)
 }

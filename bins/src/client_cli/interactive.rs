@@ -281,7 +281,7 @@ impl Session<'_> {
                     out!("{line}");
                 }
             }
-            Command::Users => match self.client.users() {
+            Command::Users => match self.client.users().map(without_probes) {
                 Ok(users) if users.is_empty() => self.info("no users yet"),
                 Ok(users) => self.info(&format!(
                     "users ({}): {}",
@@ -294,7 +294,7 @@ impl Session<'_> {
                 )),
                 Err(e) => self.fail(&e, None, None),
             },
-            Command::Channels => match self.client.channels() {
+            Command::Channels => match self.client.channels().map(without_probes) {
                 Ok(chs) if chs.is_empty() => {
                     self.info("no channels yet — /join <name> creates one")
                 }
@@ -629,4 +629,12 @@ fn interactive_session(
         let _ = t.join();
     }
     ExitCode::SUCCESS
+}
+
+/// A list of names without the cluster check's probe user and channel (not for people).
+fn without_probes(names: Vec<String>) -> Vec<String> {
+    names
+        .into_iter()
+        .filter(|n| !chat_core::validate::is_probe_name(n))
+        .collect()
 }

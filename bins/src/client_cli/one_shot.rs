@@ -98,6 +98,11 @@ pub(super) fn run_one_shot(cli: &ClientCli, cmd: &OneShot) -> ExitCode {
                 client.channels()
             };
             list.map(|items| {
+                // The cluster check's probe user and channel are not for people.
+                let items: Vec<String> = items
+                    .into_iter()
+                    .filter(|n| !chat_core::validate::is_probe_name(n))
+                    .collect();
                 if cli.json_output {
                     out!("{}", json_line!(&items));
                 } else {

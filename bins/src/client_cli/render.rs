@@ -213,7 +213,14 @@ pub fn render_status(s: &ServerStatus) -> Vec<String> {
         format!("server: {} ({rank})", sanitize(&s.name)),
         format!("coordinator: {coordinator} (term {})", s.term),
         format!("lamport clock: {}", s.lamport),
-        format!("clock offset: {:+} ms", s.clock_offset_ms),
+        match s.clock_sync.as_deref() {
+            Some(sync) => format!(
+                "clock offset: {:+} ms ({} sync)",
+                s.clock_offset_ms,
+                sanitize(sync)
+            ),
+            None => format!("clock offset: {:+} ms", s.clock_offset_ms),
+        },
         format!("peers: {peers}"),
         format!(
             "users: {}, channels: {}, messages: {}, events: {}",

@@ -286,6 +286,70 @@ impl ProcCluster {
     }
 }
 
+/// Waits until every named server reports the same coordinator, which is the highest
+/// rank among them; returns (coordinator, term).
+pub fn agreed(cluster: &ProcCluster, names: &[&str], deadline: Duration) -> Option<(String, u64)> {
+    wait_for(deadline, || {
+        let statuses: Vec<_> = names
+            .iter()
+            .map(|n| status_at(&cluster.peer_endpoint(n)))
+            .collect::<Option<Vec<_>>>()?;
+        let highest = statuses.iter().max_by_key(|s| s.rank)?;
+        let first = statuses.first()?;
+        let same = statuses
+            .iter()
+            .all(|s| s.coordinator == first.coordinator && s.term == first.term);
+        (same && first.coordinator.as_deref() == Some(highest.name.as_str()))
+            .then(|| (highest.name.clone(), first.term))
+    })
+}
+
+/// What a command that ran to its end did.
+pub struct Ran {
+    /// Its exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    /// Everything it wrote on stdout.
+    pub stdout: String,
+    /// Everything it wrote on stderr.
+    pub stderr: String,
+}
+
+/// Runs `bin` with `args` to its end; kills it and panics if it takes longer than `within`.
+pub fn run_to_end(bin: &str, args: &[&str], within: Duration) -> Ran {
+    use std::io::Read;
+    let mut child = Command::new(bin)
+        .args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let status = wait_for(within, || child.try_wait().ok().flatten());
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{bin} {args:?} did not finish within {within:?}");
+    };
+    Ran {
+        code: status.code(),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
 /// SDK writers (one client each) writing until stopped; each keeps what `write` returned
 /// for the writes that were acknowledged.
 pub struct Load<T: Send + 'static> {

@@ -164,6 +164,8 @@ impl ServerCore {
         let local = self.clock_now(t).millis();
         self.berkeley.handle_timeout(now, local);
         self.drain_berkeley(t);
+        self.cristian.handle_timeout(now);
+        self.drain_cristian(t);
         // Catch-up / anti-entropy.
         if now >= self.next_sync {
             if self.sync_inflight.is_none() && !alive.is_empty() {
@@ -272,9 +274,19 @@ impl ServerCore {
                         }
                         None => info!(server = %self.cfg.name, "coordinator suspected; electing"),
                     }
-                    let active = self.bully.as_ref().is_some_and(Bully::is_coordinator);
-                    self.berkeley.set_active(t.mono, active);
-                    self.drain_berkeley(t);
+                    match self.cfg.clock_sync {
+                        ClockSync::Berkeley => {
+                            let active = self.bully.as_ref().is_some_and(Bully::is_coordinator);
+                            self.berkeley.set_active(t.mono, active);
+                            self.drain_berkeley(t);
+                        }
+                        ClockSync::Cristian => {
+                            // Follow the coordinator's clock (nothing to do as coordinator).
+                            let followed = c.as_ref().map(|a| a.coordinator.as_str());
+                            self.cristian.set_coordinator(t.mono, followed);
+                            self.drain_cristian(t);
+                        }
+                    }
                 }
             }
         }
@@ -313,6 +325,30 @@ impl ServerCore {
                     for m in missing {
                         self.fd.missed_reply(t.mono, &m);
                     }
+                }
+            }
+        }
+    }
+
+    pub(super) fn drain_cristian(&mut self, t: Time) {
+        while let Some(o) = self.cristian.poll_output() {
+            match o {
+                CristianOutput::RequestTime { to, sample } => {
+                    // Unsent (the coordinator is not a listed peer yet): the sample times
+                    // out in the machine and the round goes on without it.
+                    self.send_peer(t, &to, Request::Clock, Pending::TimeSample { sample });
+                }
+                CristianOutput::Adjust { offset_ms } => self.adjust_clock(offset_ms),
+                CristianOutput::RoundFinished {
+                    round,
+                    coordinator,
+                    offset_ms,
+                    error_bound_ms,
+                    samples,
+                    discarded,
+                    missing,
+                } => {
+                    debug!(server = %self.cfg.name, round, %coordinator, ?offset_ms, ?error_bound_ms, samples, discarded, missing, "clock sync round (cristian)");
                 }
             }
         }

@@ -3,9 +3,10 @@
 //! It owns every piece of protocol state of one chat server: the chat state and Lamport
 //! clock ([`node::Node`]), the commit pipeline (batches and which of them are durable), the
 //! replies waiting for a batch, the peers and their pending requests, the election
-//! ([`Bully`]), clock sync ([`Berkeley`]), the failure detector, the replicator and its
-//! outbox, catch-up, the reference client and the broker link (registration, heartbeats,
-//! the lease). It never touches a socket, a thread, a clock or a disk:
+//! ([`Bully`]), clock sync ([`Berkeley`] or [`Cristian`], per [`ServerConfig::clock_sync`]),
+//! the failure detector, the replicator and its outbox, catch-up, the reference client and
+//! the broker link (registration, heartbeats, the lease). It never touches a socket, a
+//! thread, a clock or a disk:
 //!
 //! - inputs are `handle_*` calls with the time passed in ([`Time`]: monotonic `Instant` and
 //!   the OS wall clock in milliseconds): a client request with its broker token, a broker
@@ -66,8 +67,9 @@ use chat_core::{
 };
 use chat_store::{Store, StoreError};
 use chat_sync::{
-    Berkeley, BerkeleyConfig, BerkeleyOutput, Bully, BullyConfig, BullyMsg, BullyOutput,
-    DetectorConfig, FailureDetector, Release, ReplicationConfig, Replicator, Verdict,
+    Berkeley, BerkeleyConfig, BerkeleyOutput, Bully, BullyConfig, BullyMsg, BullyOutput, ClockSync,
+    Cristian, CristianConfig, CristianOutput, DetectorConfig, FailureDetector, Release,
+    ReplicationConfig, Replicator, Verdict,
 };
 use tracing::{debug, info, warn};
 
@@ -147,8 +149,13 @@ pub struct ServerConfig {
     pub bully: BullyConfig,
     /// Failure detection between servers.
     pub detector: DetectorConfig,
-    /// Clock synchronisation.
+    /// Which clock synchronisation runs: the coordinator's Berkeley rounds, or every
+    /// follower's Cristian rounds with the coordinator.
+    pub clock_sync: ClockSync,
+    /// Berkeley's settings (used in [`ClockSync::Berkeley`]).
     pub berkeley: BerkeleyConfig,
+    /// Cristian's settings (used in [`ClockSync::Cristian`]).
+    pub cristian: CristianConfig,
     /// How often to talk to the reference.
     pub reference_interval: Duration,
     /// How often to ask a peer for missed events (anti-entropy).
@@ -181,7 +188,9 @@ impl ServerConfig {
             replication: ReplicationConfig::default(),
             bully: BullyConfig::default(),
             detector: DetectorConfig::default(),
+            clock_sync: ClockSync::default(),
             berkeley: BerkeleyConfig::default(),
+            cristian: CristianConfig::default(),
             reference_interval: Duration::from_millis(500),
             sync_interval: Duration::from_secs(2),
             inline_commit: false,
@@ -441,6 +450,7 @@ pub struct ServerCore {
     election_out: VecDeque<(u64, Transmit)>,
     fd: FailureDetector,
     berkeley: Berkeley,
+    cristian: Cristian,
     // ----- replication -----
     repl: Replicator<HeldReply>,
     outbox: BTreeMap<u64, Event>,
@@ -524,6 +534,7 @@ impl ServerCore {
             election_out: VecDeque::new(),
             fd: FailureDetector::new(cfg.detector),
             berkeley: Berkeley::new(cfg.name.clone(), cfg.berkeley),
+            cristian: Cristian::new(cfg.name.clone(), cfg.cristian),
             repl: Replicator::new(cfg.replication, own),
             outbox: BTreeMap::new(),
             // Without a reference there are no peers to catch up from.
@@ -646,6 +657,7 @@ impl ServerCore {
                 .unwrap_or_else(|| self.bully.as_ref().map_or(0, Bully::term)),
             lamport: self.node.lamport(),
             clock_offset_ms: self.clock_offset_ms,
+            clock_sync: Some(self.cfg.clock_sync.as_str().to_string()),
             peers: self
                 .peers
                 .links()
@@ -717,6 +729,7 @@ impl ServerCore {
             self.bully.as_ref().and_then(Bully::poll_timeout),
             self.fd.poll_timeout(),
             self.berkeley.poll_timeout(),
+            self.cristian.poll_timeout(),
             self.repl.poll_timeout(),
             self.peers.next_deadline(),
             self.registrar.as_ref().map(Registrar::next_deadline),

@@ -161,6 +161,12 @@ impl ServerCore {
                     .handle_time(now, local, peer, round, c.millis());
                 self.drain_berkeley(t);
             }
+            (Pending::TimeSample { sample }, Reply::Clock(c)) => {
+                let local = self.clock_now(t).millis();
+                self.cristian
+                    .handle_time(now, local, peer, sample, c.millis());
+                self.drain_cristian(t);
+            }
             (Pending::Replicate { msg }, Reply::Vector(_)) => self.repl.handle_ack(peer, msg),
             (Pending::Sync, Reply::Events { events, more }) => {
                 let n = events.len();

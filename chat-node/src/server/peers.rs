@@ -32,6 +32,11 @@ pub enum Pending {
     },
     /// A Berkeley adjustment.
     Adjust,
+    /// A Cristian time sample (a `clock` request to the coordinator).
+    TimeSample {
+        /// Sample id.
+        sample: u64,
+    },
     /// A `replicate` message (replicator message id).
     Replicate {
         /// Replicator message id.
