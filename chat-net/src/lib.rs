@@ -15,7 +15,10 @@
 //!   subscriptions delivered over a `crossbeam-channel`, exactly once and gap-free from
 //!   each subscription's baseline (the driver of `chat_node::delivery::Delivery`: repeats
 //!   dropped, losses repaired from `history` on the subscriber's own REQ socket).
-//! - `sockets` (private): socket options applied everywhere (linger, high-water marks).
+//! - [`probe`]: health probes (a server's status on its peer socket, the reference's list,
+//!   a round trip through the proxy), for `chat health` and container health checks.
+//! - `sockets` (private): socket options applied everywhere (linger, high-water marks,
+//!   TCP keepalive).
 //! - [`cluster`]: a whole cluster on threads of one process, on OS-chosen loopback ports
 //!   (for `chat-bench`, examples and tests).
 //! - [`baseline`]: plain ZeroMQ echo (ROUTER/DEALER proxy, REP workers, REQ clients), the
@@ -32,6 +35,7 @@ pub mod baseline;
 pub mod broker;
 pub mod client;
 pub mod cluster;
+pub mod probe;
 pub mod proxy;
 pub mod reference;
 pub mod server;
