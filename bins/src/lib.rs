@@ -5,6 +5,7 @@
 //! - [`bench`](mod@bench): `chat-bench`, the load generator with a raw-ZeroMQ baseline in the same run.
 //! - [`bot`]: the seed bot (`chat-bot`).
 //! - [`daemons`]: flags and entry points of the broker, proxy, reference, server and web UI.
+//! - [`health`]: `chat health`, each component's health probe (container health checks).
 //! - [`sim`]: `chat-sim`, the deterministic whole-cluster simulator over many seeds.
 //! - [`up`]: `chat up`, which starts a whole cluster of child processes on loopback.
 //!
@@ -14,6 +15,7 @@ pub mod bench;
 pub mod bot;
 pub mod client_cli;
 pub mod daemons;
+pub mod health;
 pub mod sim;
 pub mod up;
 

@@ -33,6 +33,9 @@ enum Cmd {
     Bot(bins::bot::BotArgs),
     /// Run the terminal client (as `chat-client`).
     Client(bins::client_cli::ClientCli),
+    /// Probe one component on its own endpoint (exit code 0 when it answers): the health
+    /// check of the containers.
+    Health(bins::health::HealthArgs),
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -40,6 +43,9 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     if let Cmd::Client(args) = cli.command {
         bins::init_logging("chat-client");
         return Ok(bins::client_cli::run(args));
+    }
+    if let Cmd::Health(args) = cli.command {
+        return Ok(bins::health::run(&args));
     }
     let shutdown = bins::install_shutdown();
     let result = match cli.command {
@@ -71,7 +77,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             bins::init_logging("bot");
             bins::bot::run_bot(&args.config(), &shutdown).map(|_| ())
         }
-        Cmd::Client(_) => Ok(()),
+        Cmd::Client(_) | Cmd::Health(_) => Ok(()),
     };
     result.map(|()| std::process::ExitCode::SUCCESS)
 }
