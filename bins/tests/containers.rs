@@ -390,8 +390,11 @@ fn docker_kill_of_a_server_under_load_loses_no_acknowledged_write() {
     let victim = p.container("server-2");
     let t_kill = Instant::now();
     docker(&["kill", &victim]);
-    // The others keep acknowledging writes while it is down.
-    load.wait_acks(300);
+    // The others keep acknowledging writes while it is down (a few seconds' worth, so it
+    // has much to catch up).
+    for _ in 0..3 {
+        load.wait_acks(300);
+    }
     docker(&["start", &victim]);
     let back = wait_for(CONVERGE_WITHIN, || {
         status_of(&p, "server-2").and_then(|s| s.caught_up.then_some(()))
