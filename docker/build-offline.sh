@@ -29,7 +29,14 @@ cp docker/Dockerfile.offline "$stage/Dockerfile"
 if ! docker buildx version >/dev/null 2>&1; then
   export DOCKER_BUILDKIT=0
 fi
+previous=$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
 docker build --quiet --tag "$image" \
   --label "org.opencontainers.image.revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
   "$stage" >/dev/null
+# The image this one replaces is left without a name: remove it (and its layers) unless
+# a container still uses it, so repeated builds do not pile up.
+current=$(docker image inspect --format '{{.Id}}' "$image")
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
+  docker image rm "$previous" >/dev/null 2>&1 || true
+fi
 echo "built $image: $(docker image inspect --format '{{.Size}}' "$image" | awk '{ printf "%.0f MB", $1 / 1e6 }')"
