@@ -7,6 +7,7 @@
 //! - [`check`]: `chat check`, the cluster self-check's flags and report (the steps are
 //!   `chat_net::check`).
 //! - [`daemons`]: flags and entry points of the broker, proxy, reference, server and web UI.
+//! - [`health`]: `chat health`, each component's health probe (container health checks).
 //! - [`sim`]: `chat-sim`, the deterministic whole-cluster simulator over many seeds.
 //! - [`up`]: `chat up`, which starts a whole cluster of child processes on loopback.
 //!
@@ -17,6 +18,7 @@ pub mod bot;
 pub mod check;
 pub mod client_cli;
 pub mod daemons;
+pub mod health;
 pub mod sim;
 pub mod up;
 

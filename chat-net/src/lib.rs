@@ -15,7 +15,10 @@
 //!   subscriptions delivered over a `crossbeam-channel`, exactly once and gap-free from
 //!   each subscription's baseline (the driver of `chat_node::delivery::Delivery`: repeats
 //!   dropped, losses repaired from `history` on the subscriber's own REQ socket).
-//! - `sockets` (private): socket options applied everywhere (linger, high-water marks).
+//! - [`probe`]: health probes (a server's status on its peer socket, the reference's list,
+//!   a round trip through the proxy), for `chat health` and container health checks.
+//! - `sockets` (private): socket options applied everywhere (linger, high-water marks,
+//!   TCP keepalive).
 //! - [`check`]: the cluster self-check (`chat check`, chat-web's "Check the cluster"): a
 //!   probe user and channel through the real broker and proxy, every server's `status`, one
 //!   coordinator and term, clocks in step; each step with its result, time and reason.
@@ -36,6 +39,7 @@ pub mod broker;
 pub mod check;
 pub mod client;
 pub mod cluster;
+pub mod probe;
 pub mod proxy;
 pub mod reference;
 pub mod server;

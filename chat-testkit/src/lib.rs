@@ -12,8 +12,14 @@
 //!   socket (the broker would pick a server for us).
 //! - [`fake_peer`]: a registered peer that acknowledges nothing it is sent to replicate.
 //! - [`http`]: a minimal HTTP/1.1 client for the web front end's tests.
+//! - [`require`]: skip a test that needs a Docker engine or Chromium where there is none,
+//!   saying why, unless CI demands it (`CHAT_REQUIRE_DOCKER`, `CHAT_REQUIRE_BROWSER`).
+//! - [`docker`]: compose projects of `docker-compose.yml` on the local engine, removed
+//!   with their volumes on drop.
 
+pub mod docker;
 pub mod http;
+pub mod require;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -38,6 +38,9 @@ enum Cmd {
     Bot(bins::bot::BotArgs),
     /// Run the terminal client (as `chat-client`).
     Client(bins::client_cli::ClientCli),
+    /// Probe one component on its own endpoint (exit code 0 when it answers): the health
+    /// check of the containers.
+    Health(bins::health::HealthArgs),
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -49,6 +52,9 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     if let Cmd::Check(args) = cli.command {
         bins::init_logging("check");
         return Ok(bins::check::run(&args));
+    }
+    if let Cmd::Health(args) = cli.command {
+        return Ok(bins::health::run(&args));
     }
     let shutdown = bins::install_shutdown();
     let result = match cli.command {
@@ -80,7 +86,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             bins::init_logging("bot");
             bins::bot::run_bot(&args.config(), &shutdown).map(|_| ())
         }
-        Cmd::Client(_) | Cmd::Check(_) => Ok(()),
+        Cmd::Client(_) | Cmd::Check(_) | Cmd::Health(_) => Ok(()),
     };
     result.map(|()| std::process::ExitCode::SUCCESS)
 }

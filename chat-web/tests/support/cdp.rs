@@ -41,13 +41,15 @@ pub const CHROMIUM_FLAGS: &[&str] = &[
     "--remote-debugging-port=0",
 ];
 
-/// The Chromium to run: `$CHROMIUM`, else a known path, else the first on `PATH`.
-/// Panics with instructions when there is none (the test must not pass silently).
-pub fn find_chromium() -> PathBuf {
+/// The Chromium to run: `$CHROMIUM`, else a known path, else the first on `PATH`; the
+/// reason, with install instructions, when there is none.
+pub fn find_chromium() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("CHROMIUM").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
-        assert!(p.exists(), "CHROMIUM={} does not exist", p.display());
-        return p;
+        if !p.exists() {
+            return Err(format!("CHROMIUM={} does not exist", p.display()));
+        }
+        return Ok(p);
     }
     let names = ["chromium", "chromium-browser", "google-chrome", "chrome"];
     let mut candidates: Vec<PathBuf> = vec!["/usr/bin/chromium".into()];
@@ -56,16 +58,12 @@ pub fn find_chromium() -> PathBuf {
             candidates.extend(names.iter().map(|n| dir.join(n)));
         }
     }
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "chromium was not found: this test drives a real headless Chromium. Install it \
-             (Debian: `apt-get update && apt-get install -y chromium`; .ci/run does this) or \
-             set CHROMIUM=/path/to/chromium"
-            )
-        })
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        "chromium was not found: this test drives a real headless Chromium. Install it \
+         (Debian: `apt-get update && apt-get install -y chromium`; .ci/run does this) or \
+         set CHROMIUM=/path/to/chromium"
+            .to_string()
+    })
 }
 
 /// One headless Chromium with one page, driven over DevTools.
@@ -86,7 +84,7 @@ pub struct Browser {
 impl Browser {
     /// Starts a fresh Chromium (own profile directory) named `name` in failure messages.
     pub fn launch(name: &str) -> Browser {
-        let exe = find_chromium();
+        let exe = find_chromium().unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::Builder::new()
             .prefix("chat-web-chromium-")
             .tempdir()
