@@ -213,6 +213,8 @@ pub struct ChatState {
     serial: u64,
     /// Largest event timestamp applied since this state was built (milliseconds).
     newest_ms: i64,
+    /// Events this state made invisible since it was built (copies that lost).
+    hides: u64,
 }
 
 impl PartialEq for ChatState {
@@ -336,6 +338,7 @@ impl ChatState {
             };
             if !shows(&e.id, winner.as_ref().map(|(w, _)| &w.id)) {
                 self.record(e);
+                self.hides += 1;
                 return Ok(ApplyOutcome::Applied);
             }
             hide = winner;
@@ -344,6 +347,7 @@ impl ChatState {
         self.record(e);
         if let Some((loser, h)) = hide {
             self.summary.count_hashed(&loser, h, false);
+            self.hides += 1;
         }
         self.summary.count_hashed(e, hash, true);
         Ok(ApplyOutcome::Applied)
@@ -416,6 +420,13 @@ impl ChatState {
             }
         }
         forgotten
+    }
+
+    /// Events this state made invisible since it was built: new copies that lost to a
+    /// known copy of their request, and known copies that lost to a new one (compared with
+    /// what the store counted for the same events, it tells whether the window missed one).
+    pub fn hides(&self) -> u64 {
+        self.hides
     }
 
     /// Request ids in the window.

@@ -76,11 +76,12 @@ impl Harness {
         let t = self.time();
         let mut out = Vec::new();
         while let Some(batch) = self.core.poll_batch(t) {
-            self.stored
+            let appended = self
+                .stored
                 .borrow_mut()
-                .append(&batch.events)
+                .append_counting(&batch.events)
                 .expect("append");
-            self.core.handle_persisted(batch.epoch);
+            self.core.handle_persisted(batch.epoch, appended.hidden);
         }
         while let Some(tx) = self.core.poll_transmit(t) {
             match tx {

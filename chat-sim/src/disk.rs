@@ -34,17 +34,21 @@ impl SimDisk {
         self.writing = Some(batch);
     }
 
-    /// The batch in flight is durable; returns its epoch.
-    pub fn complete(&mut self) -> Option<u64> {
+    /// The batch in flight is durable; returns its epoch and how many events it made
+    /// invisible.
+    pub fn complete(&mut self) -> Option<(u64, usize)> {
         let batch = self.writing.take()?;
-        self.persist(&batch);
-        Some(batch.epoch)
+        let hidden = self.persist(&batch);
+        Some((batch.epoch, hidden))
     }
 
-    fn persist(&mut self, batch: &Batch) {
+    fn persist(&mut self, batch: &Batch) -> usize {
+        let mut hidden = 0;
         // The memory store cannot fail on well-formed events; a failure would be a bug in
         // the core (an event that cannot be stored), which the checkers then report.
-        if let Ok(n) = self.synced.append(&batch.events) {
+        if let Ok(a) = self.synced.append_counting(&batch.events) {
+            let n = a.added;
+            hidden = a.hidden;
             self.events += n;
             for e in &batch.events {
                 if let Some(rid) = &e.request_id {
@@ -58,13 +62,14 @@ impl SimDisk {
         for (k, v) in &batch.meta {
             let _ = self.synced.set_meta(k, v);
         }
+        hidden
     }
 
     /// The process died: the batch in flight survives if `kept` (it reached the OS).
     pub fn crash(&mut self, kept: bool) {
         if let Some(batch) = self.writing.take() {
             if kept {
-                self.persist(&batch);
+                let _ = self.persist(&batch);
             }
         }
     }

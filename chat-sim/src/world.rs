@@ -733,9 +733,9 @@ impl World {
     }
 
     fn disk_done(&mut self, i: usize) {
-        let epoch = self.servers[i].disk.borrow_mut().complete();
-        if let (Some(epoch), Some(core)) = (epoch, self.servers[i].core.as_mut()) {
-            core.handle_persisted(epoch);
+        let done = self.servers[i].disk.borrow_mut().complete();
+        if let (Some((epoch, hidden)), Some(core)) = (done, self.servers[i].core.as_mut()) {
+            core.handle_persisted(epoch, hidden);
         }
     }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use chat_core::{Event, HistoryTarget, Stamp, Summary};
 
-use crate::{HistoryRows, Store, StoreError, StoreRead, VisibleKind};
+use crate::{Appended, HistoryRows, Store, StoreError, StoreRead, VisibleKind};
 
 /// What runs before each batch is appended (it may block, sleep, or record the batch).
 pub type AppendHook = Box<dyn FnMut(&[Event]) + Send>;
@@ -61,9 +61,9 @@ impl StoreRead for HookedStore {
 }
 
 impl Store for HookedStore {
-    fn append(&mut self, events: &[Event]) -> Result<usize, StoreError> {
+    fn append_counting(&mut self, events: &[Event]) -> Result<Appended, StoreError> {
         (self.hook)(events);
-        self.inner.append(events)
+        self.inner.append_counting(events)
     }
     fn load_all(&self) -> Result<Vec<Event>, StoreError> {
         self.inner.load_all()

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chat_core::domain::{event_hash, shows};
 use chat_core::{Event, EventId, EventKind, HistoryTarget, Stamp};
 
-use crate::StoreError;
+use crate::{Appended, StoreError};
 
 /// Kind of a counted name: a user (visible logins) or a channel (visible creations).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -120,13 +120,14 @@ pub(crate) trait IndexTx {
 }
 
 /// Appends a batch through `tx`: each new event stored and indexed, the gapless prefix of
-/// each origin advanced. Returns how many events were new.
+/// each origin advanced.
 pub(crate) fn append_indexed(
     tx: &mut impl IndexTx,
     events: &[Event],
     bodies: &[Vec<u8>],
-) -> Result<usize, StoreError> {
+) -> Result<Appended, StoreError> {
     let mut added = 0;
+    let mut hidden = 0;
     // Per origin, the sequence numbers this batch added.
     let mut origins: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
     for (e, body) in events.iter().zip(bodies) {
@@ -139,11 +140,15 @@ pub(crate) fn append_indexed(
         if !tx.insert(e, body, show)? {
             continue;
         }
+        if !show {
+            hidden += 1; // a copy that loses to one stored before
+        }
         let c = tx.counters();
         c.events += 1;
         c.max_clock = c.max_clock.max(e.clock);
         if show {
             if let Some(loser) = winner {
+                hidden += 1;
                 tx.set_hidden(&loser.id)?;
                 visibility(tx, &loser, false)?;
             }
@@ -169,7 +174,7 @@ pub(crate) fn append_indexed(
             tx.set_through(origin, through)?;
         }
     }
-    Ok(added)
+    Ok(Appended { added, hidden })
 }
 
 /// Shows or hides an event in the indexes.

@@ -46,6 +46,16 @@ pub struct HistoryRows {
     pub heads: BTreeMap<String, u64>,
 }
 
+/// What one [`Store::append_counting`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Appended {
+    /// Events that were new.
+    pub added: usize,
+    /// Events the batch made invisible: new copies that lose to a stored copy of their
+    /// request, and stored copies that lose to a new one.
+    pub hidden: usize,
+}
+
 /// Which visible events [`Store::visible_in_order`] walks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VisibleKind {
@@ -127,7 +137,13 @@ pub trait StoreRead {
 pub trait Store: StoreRead + Send {
     /// Appends events in one atomic, durable transaction, with their indexes. Events
     /// already stored (same origin and sequence number) are skipped. Returns how many were new.
-    fn append(&mut self, events: &[Event]) -> Result<usize, StoreError>;
+    fn append(&mut self, events: &[Event]) -> Result<usize, StoreError> {
+        Ok(self.append_counting(events)?.added)
+    }
+
+    /// [`Store::append`], also saying how many events the batch made invisible (a server
+    /// compares that with what it decided in memory).
+    fn append_counting(&mut self, events: &[Event]) -> Result<Appended, StoreError>;
 
     /// Every stored event, in the order they were appended (for tests and tools: it reads
     /// the whole history into memory).

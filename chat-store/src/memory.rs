@@ -7,7 +7,7 @@ use chat_core::{AppliedSeqs, Event, EventId, EventKind, HistoryTarget, Stamp, Su
 
 use crate::checked::encode_batch;
 use crate::index::{append_indexed, topic_key, Counters, IndexTx, NameKind};
-use crate::{HistoryRows, Store, StoreError, StoreRead, VisibleKind};
+use crate::{Appended, HistoryRows, Store, StoreError, StoreRead, VisibleKind};
 
 /// A [`Store`] that keeps everything in memory and forgets it when dropped.
 ///
@@ -252,7 +252,7 @@ impl Store for MemoryStore {
         false
     }
 
-    fn append(&mut self, events: &[Event]) -> Result<usize, StoreError> {
+    fn append_counting(&mut self, events: &[Event]) -> Result<Appended, StoreError> {
         let bodies = encode_batch(events)?;
         append_indexed(self, events, &bodies)
     }

@@ -61,7 +61,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transactio
 
 use crate::checked::encode_batch;
 use crate::index::{append_indexed, topic_key, Counters, IndexTx, NameKind};
-use crate::{HistoryRows, Store, StoreError, StoreRead, VisibleKind};
+use crate::{Appended, HistoryRows, Store, StoreError, StoreRead, VisibleKind};
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE: &str = "chat.db";
@@ -704,9 +704,9 @@ impl IndexTx for SqlTx<'_, '_> {
 }
 
 impl Store for SqliteStore {
-    fn append(&mut self, events: &[Event]) -> Result<usize, StoreError> {
+    fn append_counting(&mut self, events: &[Event]) -> Result<Appended, StoreError> {
         if events.is_empty() {
-            return Ok(0);
+            return Ok(Appended::default());
         }
         let bodies = encode_batch(events)?;
         let tx = self
@@ -723,7 +723,7 @@ impl Store for SqliteStore {
             events,
             &bodies,
         )?;
-        if added > 0 {
+        if added.added > 0 {
             write_counters(&tx, &counters)?;
         }
         tx.commit()?;

@@ -38,8 +38,9 @@ pub type SharedStore = Arc<Mutex<Box<dyn Store>>>;
 pub struct Completed {
     /// The batch number given to [`Committer::submit`].
     pub epoch: u64,
-    /// Whether the events are durable (an error stops the server).
-    pub result: Result<(), StoreError>,
+    /// Whether the events are durable (an error stops the server), and how many events
+    /// the batch made invisible ([`chat_store::Appended::hidden`]).
+    pub result: Result<usize, StoreError>,
 }
 
 enum Mode {
@@ -206,13 +207,14 @@ impl Drop for Committer {
     }
 }
 
-/// Writes one batch: its events in one transaction, then its metadata.
-fn commit(store: &mut dyn Store, batch: &Batch) -> Result<(), StoreError> {
-    store.append(&batch.events)?;
+/// Writes one batch: its events in one transaction, then its metadata. Returns how many
+/// events it made invisible.
+fn commit(store: &mut dyn Store, batch: &Batch) -> Result<usize, StoreError> {
+    let appended = store.append_counting(&batch.events)?;
     for (key, value) in &batch.meta {
         store.set_meta(key, value)?;
     }
-    Ok(())
+    Ok(appended.hidden)
 }
 
 fn writer(

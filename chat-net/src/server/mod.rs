@@ -287,8 +287,8 @@ impl Runtime {
         loop {
             if let Some(done) = self.committer.poll_completed() {
                 // A store that fails stops the server rather than acknowledge what it lost.
-                done.result?;
-                self.core.handle_persisted(done.epoch);
+                let hidden = done.result?;
+                self.core.handle_persisted(done.epoch, hidden);
             }
             if self.committer.busy() {
                 break;

@@ -362,6 +362,9 @@ struct BatchInfo {
     /// The state's request mark when the batch was taken: request ids before it may be
     /// forgotten once the batch is durable.
     request_mark: u64,
+    /// Events the state made invisible while this batch's events were applied (the store
+    /// must count as many when it commits them, else the window missed a copy).
+    hides: u64,
     /// Own sequence numbers through this one are durable with the batch.
     own_max: u64,
     /// The version vector including the batch (what `replicate` acknowledgements report).
@@ -467,6 +470,8 @@ pub struct ServerCore {
     /// A defect put back for the simulator's self-test.
     defect: Defect,
     // ----- live publications -----
+    /// [`Node::hides`] when the last batch was taken.
+    hides_taken: u64,
     /// Per topic key ([`chat_store::topic_key`]), the sequence number of the last own
     /// event published there (the `prev` of the next publication on it; see
     /// `docs/replication.md`, "Live delivery"); filled from the store on first use.
@@ -556,6 +561,7 @@ impl ServerCore {
             failure: None,
             defect: Defect::None,
             published: BTreeMap::new(),
+            hides_taken: 0,
             node,
             cfg,
         }
@@ -692,6 +698,8 @@ impl ServerCore {
         }
         let vector = vector_of(&self.node);
         let request_mark = self.node.state().request_mark();
+        let hides = self.node.hides() - self.hides_taken;
+        self.hides_taken = self.node.hides();
         let (events, local) = self.node.take_batch();
         let meta = std::mem::take(&mut self.pending_meta);
         let term = meta
@@ -705,6 +713,7 @@ impl ServerCore {
             epoch,
             local,
             request_mark,
+            hides,
             own_max: self.node.own_max_seq(),
             vector,
             term,

@@ -306,26 +306,42 @@ impl Node {
         ChatError::Internal(format!("the server could not read its store: {e}"))
     }
 
-    /// Applies an event replicated from another server; returns whether it was new. The
-    /// store answers for request ids older than the window; if it fails, nothing changes.
-    pub fn handle_replicated(
-        &mut self,
-        event: Event,
-        store: &dyn StoreRead,
-    ) -> Result<bool, StoreError> {
+    /// Applies an event replicated from another server; returns whether it was new.
+    ///
+    /// A request id that is not in the window is taken as new here (no store read on this
+    /// path, taken by every replica for every write): if the store, which decides exactly
+    /// when it commits the event, finds an older copy, it counts a hide this state did not
+    /// make, and the core reloads the state ([`Node::resync`]).
+    pub fn handle_replicated(&mut self, event: Event) -> bool {
         self.clock.observe(event.clock);
         if self.state.contains(&event.id) {
-            return Ok(false);
+            return false;
         }
-        self.state
-            .apply_with(&event, |rid| store.request_winner(rid))?;
+        self.state.apply(&event);
         if event.id.origin == self.name {
             // Our own event coming back from a peer (we lost it, e.g. a disk restored
             // from backup): keep it, and never reuse its sequence number.
             self.next_seq = self.next_seq.max(event.id.seq + 1);
         }
         self.pending.push(event);
-        Ok(true)
+        true
+    }
+
+    /// Rebuilds the state from the store's `summary` (everything durable) and the events
+    /// not yet committed, which are applied again with exact request-id lookups in `store`.
+    /// The window starts over with those events.
+    pub fn resync(&mut self, summary: Summary, store: &dyn StoreRead) -> Result<(), StoreError> {
+        let mut state = ChatState::from_summary(summary);
+        for e in &self.pending {
+            state.apply_with(e, |rid| store.request_winner(rid))?;
+        }
+        self.state = state;
+        Ok(())
+    }
+
+    /// Events this node's state made invisible since it was built or resynced.
+    pub fn hides(&self) -> u64 {
+        self.state.hides()
     }
 
     /// This server's own events of the current batch (not yet committed).

@@ -15,13 +15,29 @@ fn publication_key(p: &Publication) -> String {
 }
 
 impl ServerCore {
-    /// Batch `epoch` (from [`ServerCore::poll_batch`]) is durable.
-    pub fn handle_persisted(&mut self, epoch: u64) {
+    /// Batch `epoch` (from [`ServerCore::poll_batch`]) is durable; committing it made
+    /// `hidden` events invisible ([`chat_store::Appended::hidden`]).
+    pub fn handle_persisted(&mut self, epoch: u64, hidden: usize) {
         self.dirty = true;
         let Some(batch) = self.inflight.take_if(|b| b.epoch == epoch) else {
             warn!(server = %self.cfg.name, epoch, "a batch that was not in flight was reported durable");
             return;
         };
+        if hidden as u64 != batch.hides {
+            // The store met copies of a request the window had forgotten: take its state.
+            info!(server = %self.cfg.name, epoch, store = hidden, memory = batch.hides,
+                  "copies of an old request met; state reloaded from the store");
+            let reloaded = self
+                .reader
+                .summary()
+                .and_then(|summary| self.node.resync(summary, &*self.reader));
+            if let Err(e) = reloaded {
+                self.failure.get_or_insert(e);
+                return;
+            }
+            // Hides made again by the replay belong to the next batch.
+            self.hides_taken = 0;
+        }
         self.epoch_durable = epoch;
         if let Some(term) = batch.term {
             self.term_durable = self.term_durable.max(term);
@@ -90,10 +106,13 @@ impl ServerCore {
     }
 
     pub(super) fn is_visible(&self, event: &Event) -> bool {
-        event
-            .request_id
-            .as_deref()
-            .is_none_or(|rid| self.node.state().event_for_request(rid) == Some(&event.id))
+        event.request_id.as_deref().is_none_or(|rid| {
+            match self.node.state().event_for_request(rid) {
+                Some(id) => *id == event.id,
+                // Not in the window (it was just reloaded): the store knows.
+                None => matches!(self.reader.request_winner(rid), Ok(Some(w)) if w.id == event.id),
+            }
+        })
     }
 
     /// Moves everything that became sendable since the last inputs to the output queue.

@@ -102,16 +102,9 @@ impl ServerCore {
         }
     }
 
-    /// Applies an event replicated from another server; returns whether it was new. A
-    /// store read that fails stops the server (nothing is applied).
+    /// Applies an event replicated from another server; returns whether it was new.
     pub(super) fn apply_replicated(&mut self, event: Event) -> bool {
-        match self.node.handle_replicated(event, &*self.reader) {
-            Ok(new) => new,
-            Err(e) => {
-                self.failure.get_or_insert(e);
-                false
-            }
-        }
+        self.node.handle_replicated(event)
     }
 
     pub(super) fn heard_broker(&mut self, t: Time, echo: Option<u64>) {
