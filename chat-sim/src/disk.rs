@@ -10,9 +10,9 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
-use chat_core::{Event, EventId, HistoryTarget, Stamp, Summary};
-use chat_node::server::{Batch, EventReader, Recovered};
-use chat_store::{HistoryRows, MemoryStore, Store, StoreError};
+use chat_core::EventId;
+use chat_node::server::{Batch, Recovered};
+use chat_store::{MemoryStore, ReadsThrough, Store, StoreError};
 
 /// One server's disk.
 #[derive(Debug, Default)]
@@ -108,41 +108,8 @@ impl SimDisk {
 /// The core's view of its disk.
 pub struct DiskReader(pub SharedDisk);
 
-impl EventReader for DiskReader {
-    fn events_after(
-        &self,
-        origin: &str,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.0
-            .borrow()
-            .synced
-            .events_after(origin, after_seq, limit)
-    }
-    fn summary(&self) -> Result<Summary, StoreError> {
-        self.0.borrow().synced.summary()
-    }
-    fn request_winner(&self, request_id: &str) -> Result<Option<Event>, StoreError> {
-        self.0.borrow().synced.request_winner(request_id)
-    }
-    fn history(
-        &self,
-        target: &HistoryTarget,
-        before: Option<&Stamp>,
-        limit: usize,
-    ) -> Result<HistoryRows, StoreError> {
-        self.0.borrow().synced.history(target, before, limit)
-    }
-    fn last_published(
-        &self,
-        target: &HistoryTarget,
-        origin: &str,
-        below: u64,
-    ) -> Result<Option<u64>, StoreError> {
-        self.0.borrow().synced.last_published(target, origin, below)
-    }
-    fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.0.borrow().synced.get_meta(key)
+impl ReadsThrough for DiskReader {
+    fn read_through<R>(&self, f: impl FnOnce(&dyn chat_store::StoreRead) -> R) -> R {
+        f(&self.0.borrow().synced)
     }
 }

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use chat_core::{Event, HistoryTarget, Stamp, Summary};
+use chat_core::Event;
 
-use crate::{Appended, HistoryRows, Store, StoreError, StoreRead, VisibleKind};
+use crate::{Appended, ReadsThrough, Store, StoreError, StoreRead, VisibleKind};
 
 /// What runs before each batch is appended (it may block, sleep, or record the batch).
 pub type AppendHook = Box<dyn FnMut(&[Event]) + Send>;
@@ -24,39 +24,9 @@ impl HookedStore {
     }
 }
 
-impl StoreRead for HookedStore {
-    fn events_after(
-        &self,
-        origin: &str,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.inner.events_after(origin, after_seq, limit)
-    }
-    fn summary(&self) -> Result<Summary, StoreError> {
-        self.inner.summary()
-    }
-    fn request_winner(&self, request_id: &str) -> Result<Option<Event>, StoreError> {
-        self.inner.request_winner(request_id)
-    }
-    fn history(
-        &self,
-        target: &HistoryTarget,
-        before: Option<&Stamp>,
-        limit: usize,
-    ) -> Result<HistoryRows, StoreError> {
-        self.inner.history(target, before, limit)
-    }
-    fn last_published(
-        &self,
-        target: &HistoryTarget,
-        origin: &str,
-        below: u64,
-    ) -> Result<Option<u64>, StoreError> {
-        self.inner.last_published(target, origin, below)
-    }
-    fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.inner.get_meta(key)
+impl ReadsThrough for HookedStore {
+    fn read_through<R>(&self, f: impl FnOnce(&dyn StoreRead) -> R) -> R {
+        f(&*self.inner)
     }
 }
 

@@ -175,21 +175,27 @@ pub trait Store: StoreRead + Send {
     }
 }
 
-/// A store shared within one thread (tests, simulations) reads like the store itself.
-impl<T: StoreRead + ?Sized> StoreRead for std::rc::Rc<std::cell::RefCell<T>> {
+/// Something that holds a store behind a lock, a `RefCell` or a wrapper, and reads like it
+/// (one delegation for every such holder instead of one per holder).
+pub trait ReadsThrough {
+    /// Calls `f` with the store.
+    fn read_through<R>(&self, f: impl FnOnce(&dyn StoreRead) -> R) -> R;
+}
+
+impl<T: ReadsThrough> StoreRead for T {
     fn events_after(
         &self,
         origin: &str,
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        self.borrow().events_after(origin, after_seq, limit)
+        self.read_through(|s| s.events_after(origin, after_seq, limit))
     }
     fn summary(&self) -> Result<Summary, StoreError> {
-        self.borrow().summary()
+        self.read_through(|s| s.summary())
     }
     fn request_winner(&self, request_id: &str) -> Result<Option<Event>, StoreError> {
-        self.borrow().request_winner(request_id)
+        self.read_through(|s| s.request_winner(request_id))
     }
     fn history(
         &self,
@@ -197,7 +203,7 @@ impl<T: StoreRead + ?Sized> StoreRead for std::rc::Rc<std::cell::RefCell<T>> {
         before: Option<&Stamp>,
         limit: usize,
     ) -> Result<HistoryRows, StoreError> {
-        self.borrow().history(target, before, limit)
+        self.read_through(|s| s.history(target, before, limit))
     }
     fn last_published(
         &self,
@@ -205,9 +211,16 @@ impl<T: StoreRead + ?Sized> StoreRead for std::rc::Rc<std::cell::RefCell<T>> {
         origin: &str,
         below: u64,
     ) -> Result<Option<u64>, StoreError> {
-        self.borrow().last_published(target, origin, below)
+        self.read_through(|s| s.last_published(target, origin, below))
     }
     fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.borrow().get_meta(key)
+        self.read_through(|s| s.get_meta(key))
+    }
+}
+
+/// A store shared within one thread (tests, simulations) reads like the store itself.
+impl<T: StoreRead> ReadsThrough for std::rc::Rc<std::cell::RefCell<T>> {
+    fn read_through<R>(&self, f: impl FnOnce(&dyn StoreRead) -> R) -> R {
+        f(&*self.borrow())
     }
 }

@@ -26,9 +26,9 @@ pub(crate) mod links;
 
 use std::time::{Duration, Instant};
 
-use chat_core::{Event, HistoryTarget, Stamp, Summary, TOPIC_REPLICATION, TOPIC_SERVERS};
+use chat_core::{TOPIC_REPLICATION, TOPIC_SERVERS};
 use chat_node::server::{EventReader, Recovered, ServerCore, Time, Transmit};
-use chat_store::{HistoryRows, Store, StoreError};
+use chat_store::{ReadsThrough, Store, StoreError};
 use commit::{Committer, SharedStore};
 use tracing::{debug, info};
 
@@ -100,39 +100,9 @@ fn now() -> Time {
 /// (they wait for a commit in progress).
 struct SharedReader(SharedStore);
 
-impl EventReader for SharedReader {
-    fn events_after(
-        &self,
-        origin: &str,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.0.lock().events_after(origin, after_seq, limit)
-    }
-    fn summary(&self) -> Result<Summary, StoreError> {
-        self.0.lock().summary()
-    }
-    fn request_winner(&self, request_id: &str) -> Result<Option<Event>, StoreError> {
-        self.0.lock().request_winner(request_id)
-    }
-    fn history(
-        &self,
-        target: &HistoryTarget,
-        before: Option<&Stamp>,
-        limit: usize,
-    ) -> Result<HistoryRows, StoreError> {
-        self.0.lock().history(target, before, limit)
-    }
-    fn last_published(
-        &self,
-        target: &HistoryTarget,
-        origin: &str,
-        below: u64,
-    ) -> Result<Option<u64>, StoreError> {
-        self.0.lock().last_published(target, origin, below)
-    }
-    fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.0.lock().get_meta(key)
+impl ReadsThrough for SharedReader {
+    fn read_through<R>(&self, f: impl FnOnce(&dyn chat_store::StoreRead) -> R) -> R {
+        f(&**self.0.lock())
     }
 }
 
