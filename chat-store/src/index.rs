@@ -38,44 +38,38 @@ pub(crate) struct Counters {
     pub digest: u64,
 }
 
-/// Metadata keys of the counters.
-pub(crate) const META_MAX_CLOCK: &str = "summary.max_clock";
-pub(crate) const META_EVENTS: &str = "summary.events";
-pub(crate) const META_MESSAGES: &str = "summary.messages";
-pub(crate) const META_DIGEST: &str = "summary.digest";
+/// Metadata key of the counters: one row, `max_clock events messages digest` (the digest in
+/// hex), read and written once per batch.
+pub(crate) const META_SUMMARY: &str = "summary";
 
 impl Counters {
-    /// The counters as metadata entries.
-    pub(crate) fn entries(&self) -> [(&'static str, String); 4] {
-        [
-            (META_MAX_CLOCK, self.max_clock.to_string()),
-            (META_EVENTS, self.events.to_string()),
-            (META_MESSAGES, self.messages.to_string()),
-            (META_DIGEST, format!("{:016x}", self.digest)),
-        ]
+    /// The counters as their metadata value.
+    pub(crate) fn to_meta(self) -> String {
+        format!(
+            "{} {} {} {:016x}",
+            self.max_clock, self.events, self.messages, self.digest
+        )
     }
 
-    /// Counters from metadata (absent keys: zero).
-    pub(crate) fn from_meta(
-        get: impl Fn(&str) -> Result<Option<String>, StoreError>,
-    ) -> Result<Counters, StoreError> {
-        let num = |key: &str| -> Result<u64, StoreError> {
-            match get(key)? {
-                None => Ok(0),
-                Some(v) => v
-                    .parse()
-                    .map_err(|_| StoreError::Corrupt(format!("metadata {key} is {v:?}"))),
-            }
+    /// Counters from their metadata value (absent: zero).
+    pub(crate) fn from_meta(value: Option<&str>) -> Result<Counters, StoreError> {
+        let Some(v) = value else {
+            return Ok(Counters::default());
         };
-        let digest = match get(META_DIGEST)? {
-            None => 0,
-            Some(v) => u64::from_str_radix(&v, 16)
-                .map_err(|_| StoreError::Corrupt(format!("metadata {META_DIGEST} is {v:?}")))?,
+        let bad = || StoreError::Corrupt(format!("metadata {META_SUMMARY} is {v:?}"));
+        let mut parts = v.split(' ');
+        let mut num = || -> Result<u64, StoreError> {
+            parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)
         };
+        let (max_clock, events, messages) = (num()?, num()?, num()?);
+        let digest = parts
+            .next()
+            .and_then(|p| u64::from_str_radix(p, 16).ok())
+            .ok_or_else(bad)?;
         Ok(Counters {
-            max_clock: num(META_MAX_CLOCK)?,
-            events: num(META_EVENTS)?,
-            messages: num(META_MESSAGES)?,
+            max_clock,
+            events,
+            messages,
             digest,
         })
     }

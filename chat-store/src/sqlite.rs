@@ -39,7 +39,7 @@
 //! CREATE INDEX history_heads ON history (topic, origin, seq) WHERE head = 1;
 //! CREATE TABLE names (kind, name, count, PRIMARY KEY (kind, name)) WITHOUT ROWID; -- visible logins, creations
 //! CREATE TABLE origins (origin PRIMARY KEY, through) WITHOUT ROWID;               -- gapless prefix
-//! CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;   -- term, rank, summary.*
+//! CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;   -- term, rank, summary (counters)
 //! ```
 //!
 //! `body` is the source of truth; the other columns and tables are indexes, written in the
@@ -60,7 +60,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
 use crate::checked::encode_batch;
-use crate::index::{append_indexed, topic_key, Counters, IndexTx, NameKind};
+use crate::index::{append_indexed, topic_key, Counters, IndexTx, NameKind, META_SUMMARY};
 use crate::{Appended, HistoryRows, Store, StoreError, StoreRead, VisibleKind};
 
 /// Name of the database file inside the data directory.
@@ -303,11 +303,13 @@ fn user_version(conn: &Connection) -> Result<i64, StoreError> {
 }
 
 fn write_counters(conn: &Connection, counters: &Counters) -> Result<(), StoreError> {
-    let mut set = conn.prepare_cached(SET_META)?;
-    for (k, v) in counters.entries() {
-        set.execute([k, v.as_str()])?;
-    }
+    conn.prepare_cached(SET_META)?
+        .execute([META_SUMMARY, counters.to_meta().as_str()])?;
     Ok(())
+}
+
+fn read_counters(conn: &Connection) -> Result<Counters, StoreError> {
+    Counters::from_meta(get_meta(conn, META_SUMMARY)?.as_deref())
 }
 
 /// Fsyncs a directory so that entries just created in it survive power loss (Unix only;
@@ -467,7 +469,7 @@ fn read_summary(conn: &Connection) -> Result<Summary, StoreError> {
             .applied
             .insert(origin, AppliedSeqs::from_parts(through, above));
     }
-    let c = Counters::from_meta(|k| get_meta(&tx, k))?;
+    let c = read_counters(&tx)?;
     summary.max_clock = c.max_clock;
     summary.events = c.events;
     summary.messages = c.messages;
@@ -714,7 +716,7 @@ impl Store for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Read under the write lock: another handle on the same database may have
         // appended since.
-        let mut counters = Counters::from_meta(|k| get_meta(&tx, k))?;
+        let mut counters = read_counters(&tx)?;
         let added = append_indexed(
             &mut SqlTx {
                 tx: &tx,
