@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use crate::error::{ChatError, NameKind};
 use crate::model::{Event, EventId, EventKind, HistoryPage, Stamp};
@@ -206,9 +207,9 @@ impl Default for RequestWindow {
 pub struct ChatState {
     summary: Summary,
     /// Recent request ids and their visible event.
-    requests: BTreeMap<String, RequestWinner>,
+    requests: BTreeMap<Arc<str>, RequestWinner>,
     /// Request ids in the order they entered `requests`: (serial, event time, id).
-    request_order: VecDeque<(u64, i64, String)>,
+    request_order: VecDeque<(u64, i64, Arc<str>)>,
     /// Serial of the next entry of `request_order`.
     serial: u64,
     /// Largest event timestamp applied since this state was built (milliseconds).
@@ -329,7 +330,7 @@ impl ChatState {
         let mut hide = None;
         let hash = event_hash(e);
         if let Some(rid) = &e.request_id {
-            let winner = match self.requests.get(rid) {
+            let winner = match self.requests.get(rid.as_str()) {
                 Some(w) => Some((w.event.clone(), w.hash)),
                 None => lookup(rid)?.map(|w| {
                     let h = event_hash(&w);
@@ -373,8 +374,9 @@ impl ChatState {
 
     /// Puts `e` in the window as the visible event of `rid`.
     fn remember(&mut self, rid: &str, e: &Event, hash: u64) {
-        // Keep what hiding needs, not the message body.
+        // Keep what hiding needs, not the message body nor the request id (the key).
         let mut event = e.clone();
+        event.request_id = None;
         if let EventKind::ChannelMessage { message, .. }
         | EventKind::DirectMessage { message, .. } = &mut event.kind
         {
@@ -382,10 +384,11 @@ impl ChatState {
         }
         let serial = self.serial;
         self.serial += 1;
+        let rid: Arc<str> = Arc::from(rid);
         self.request_order
-            .push_back((serial, e.timestamp.millis(), rid.to_string()));
+            .push_back((serial, e.timestamp.millis(), rid.clone()));
         self.requests.insert(
-            rid.to_string(),
+            rid,
             RequestWinner {
                 event,
                 hash,
@@ -413,8 +416,8 @@ impl ChatState {
                 break;
             }
             if let Some((serial, _, rid)) = self.request_order.pop_front() {
-                if self.requests.get(&rid).is_some_and(|w| w.serial == serial) {
-                    self.requests.remove(&rid);
+                if self.requests.get(&*rid).is_some_and(|w| w.serial == serial) {
+                    self.requests.remove(&*rid);
                     forgotten += 1;
                 }
             }
