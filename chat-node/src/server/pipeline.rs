@@ -23,7 +23,8 @@ impl ServerCore {
             warn!(server = %self.cfg.name, epoch, "a batch that was not in flight was reported durable");
             return;
         };
-        if hidden as u64 != batch.hides {
+        let resynced = hidden as u64 != batch.hides;
+        if resynced {
             // The store met copies of a request the window had forgotten: take its state.
             info!(server = %self.cfg.name, epoch, store = hidden, memory = batch.hides,
                   "copies of an old request met; state reloaded from the store");
@@ -79,8 +80,12 @@ impl ServerCore {
             }
             debug!(server = %self.cfg.name, event = %event.id, op = event.kind.operation(), "write committed");
         }
-        self.node
-            .trim_requests(batch.request_mark, self.cfg.request_window);
+        // After a reload the window holds only the uncommitted events, numbered afresh:
+        // this batch's mark means nothing there, and they must stay.
+        if !resynced {
+            self.node
+                .trim_requests(batch.request_mark, self.cfg.request_window);
+        }
     }
 
     /// The sequence number of the last own publication on `p`'s topic before `seq` (0 if
