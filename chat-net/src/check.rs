@@ -418,65 +418,71 @@ fn run_steps(
 }
 
 fn publish_step(cfg: &CheckConfig, client: &Client) -> Result<String, String> {
-    let ccfg = &cfg.client;
-    client
-        .subscribe_with_baseline(PROBE_CHANNEL, cfg.delivery_timeout)
-        .map_err(|e| subscribe_failed(PROBE_CHANNEL, &e, cfg))?;
-    let text = probe_text("check post");
-    let t0 = Instant::now();
-    let result = client.publish(PROBE_USER, PROBE_CHANNEL, &text);
-    let acked = t0.elapsed();
-    let outcome = match result {
-        Err(e) => Err(explain(&e, ccfg)),
-        Ok(()) => match wait_event(
-            client,
-            cfg.delivery_timeout,
-            |e| matches!(e, ClientEvent::Post(p) if p.message == text && p.channel == PROBE_CHANNEL),
-        ) {
-            Some(ClientEvent::Post(p)) => Ok(format!(
-                "acknowledged in {} ms; received on the SUB socket {} ms after sending \
-                 (accepted by {})",
-                ms(acked),
-                ms(t0.elapsed()),
-                origin(p.id.as_deref())
-            )),
-            _ => Err(format!(
-                "acknowledged in {} ms, but not received on the SUB socket within {} ms: is \
-                 the proxy running at {}?",
-                ms(acked),
-                cfg.delivery_timeout.as_millis(),
-                ccfg.sub
-            )),
+    round_trip(
+        cfg,
+        client,
+        PROBE_CHANNEL,
+        "check post",
+        "on the SUB socket".to_string(),
+        |text| client.publish(PROBE_USER, PROBE_CHANNEL, text),
+        |e, text| match e {
+            ClientEvent::Post(p) if p.message == text && p.channel == PROBE_CHANNEL => {
+                Some(p.id.clone())
+            }
+            _ => None,
         },
-    };
-    let _ = client.unsubscribe(PROBE_CHANNEL);
-    outcome
+    )
 }
 
 fn message_step(cfg: &CheckConfig, client: &Client) -> Result<String, String> {
+    round_trip(
+        cfg,
+        client,
+        PROBE_USER,
+        "check message",
+        format!("on {PROBE_USER}'s topic"),
+        |text| client.send_message(PROBE_USER, PROBE_USER, text),
+        |e, text| match e {
+            ClientEvent::Direct(d) if d.message == text && d.dst == PROBE_USER => {
+                Some(d.id.clone())
+            }
+            _ => None,
+        },
+    )
+}
+
+/// Subscribes to `topic`, sends a probe (`what` and a random tag) with `send`, and waits
+/// for it to come back live: `probe` recognises the probe's event and gives its event id.
+fn round_trip(
+    cfg: &CheckConfig,
+    client: &Client,
+    topic: &str,
+    what: &str,
+    received_on: String,
+    send: impl FnOnce(&str) -> Result<(), ClientError>,
+    probe: impl Fn(&ClientEvent, &str) -> Option<Option<String>>,
+) -> Result<String, String> {
     let ccfg = &cfg.client;
     client
-        .subscribe_with_baseline(PROBE_USER, cfg.delivery_timeout)
-        .map_err(|e| subscribe_failed(PROBE_USER, &e, cfg))?;
-    let text = probe_text("check message");
+        .subscribe_with_baseline(topic, cfg.delivery_timeout)
+        .map_err(|e| subscribe_failed(topic, &e, cfg))?;
+    let text = probe_text(what);
     let t0 = Instant::now();
-    let result = client.send_message(PROBE_USER, PROBE_USER, &text);
+    let result = send(&text);
     let acked = t0.elapsed();
     let outcome = match result {
         Err(e) => Err(explain(&e, ccfg)),
-        Ok(()) => match wait_event(
-            client,
-            cfg.delivery_timeout,
-            |e| matches!(e, ClientEvent::Direct(d) if d.message == text && d.dst == PROBE_USER),
-        ) {
-            Some(ClientEvent::Direct(d)) => Ok(format!(
-                "acknowledged in {} ms; received on {PROBE_USER}'s topic {} ms after sending \
+        Ok(()) => match wait_event(client, cfg.delivery_timeout, |e| probe(e, &text).is_some())
+            .and_then(|e| probe(&e, &text))
+        {
+            Some(id) => Ok(format!(
+                "acknowledged in {} ms; received {received_on} {} ms after sending \
                  (accepted by {})",
                 ms(acked),
                 ms(t0.elapsed()),
-                origin(d.id.as_deref())
+                origin(id.as_deref())
             )),
-            _ => Err(format!(
+            None => Err(format!(
                 "acknowledged in {} ms, but not received on the SUB socket within {} ms: is \
                  the proxy running at {}?",
                 ms(acked),
@@ -485,7 +491,7 @@ fn message_step(cfg: &CheckConfig, client: &Client) -> Result<String, String> {
             )),
         },
     };
-    let _ = client.unsubscribe(PROBE_USER);
+    let _ = client.unsubscribe(topic);
     outcome
 }
 
