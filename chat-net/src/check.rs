@@ -277,8 +277,9 @@ fn subscribe_failed(topic: &str, e: &ClientError, cfg: &CheckConfig) -> String {
 
 /// A short unique text, so that a check recognises its own post among others.
 fn probe_text(what: &str) -> String {
+    // The id's last characters are its random part (it starts with the time).
     let id = new_request_id();
-    format!("{what} {}", &id[..12.min(id.len())])
+    format!("{what} {}", &id[id.len().saturating_sub(12)..])
 }
 
 /// Waits until `wanted` arrives among `client`'s events, ignoring others, up to `timeout`.
