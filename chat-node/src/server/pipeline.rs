@@ -56,12 +56,12 @@ impl ServerCore {
                 if self.is_visible(event) {
                     // Chain the publications of this server on each topic, so that a
                     // subscriber that missed one knows it (`prev` beyond what it saw).
-                    let Some(last) = self.last_published(&p, event.id.seq) else {
+                    let key = publication_key(&p);
+                    let Some(last) = self.last_published(&key, &p, event.id.seq) else {
                         return;
                     };
                     p.set_prev(Some(last));
-                    self.published
-                        .insert(publication_key(&p), last.max(event.id.seq));
+                    self.published.insert(key, last.max(event.id.seq));
                     match encode_publication(&p, self.cfg.encoding) {
                         Ok(payload) => self.out.push_back(Transmit::Publish {
                             topic: p.topic().to_string(),
@@ -88,13 +88,13 @@ impl ServerCore {
         }
     }
 
-    /// The sequence number of the last own publication on `p`'s topic before `seq` (0 if
+    /// The sequence number of the last own publication on `p`'s topic (`key` in
+    /// `published`) before `seq` (0 if
     /// none): from memory, or from the store the first time (after a restart, an event
     /// committed but never published then shows as a gap to subscribers). `None` if the
     /// store failed (the server stops).
-    fn last_published(&mut self, p: &Publication, seq: u64) -> Option<u64> {
-        let key = publication_key(p);
-        if let Some(&last) = self.published.get(&key) {
+    fn last_published(&mut self, key: &str, p: &Publication, seq: u64) -> Option<u64> {
+        if let Some(&last) = self.published.get(key) {
             return Some(last);
         }
         let target = match p {
