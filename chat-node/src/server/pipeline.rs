@@ -4,13 +4,11 @@
 use super::*;
 use chat_core::{HistoryTarget, Publication};
 
-/// The key of a publication's topic in `published`.
-fn publication_key(p: &Publication) -> String {
+/// The history whose topic a publication is published on: a channel's, or the recipient's.
+fn publication_target(p: &Publication) -> HistoryTarget {
     match p {
-        Publication::Channel(c) => {
-            chat_store::topic_key(&HistoryTarget::Channel(c.channel.clone()))
-        }
-        Publication::Direct(d) => chat_store::topic_key(&HistoryTarget::User(d.dst.clone())),
+        Publication::Channel(c) => HistoryTarget::Channel(c.channel.clone()),
+        Publication::Direct(d) => HistoryTarget::User(d.dst.clone()),
     }
 }
 
@@ -56,8 +54,9 @@ impl ServerCore {
                 if self.is_visible(event) {
                     // Chain the publications of this server on each topic, so that a
                     // subscriber that missed one knows it (`prev` beyond what it saw).
-                    let key = publication_key(&p);
-                    let Some(last) = self.last_published(&key, &p, event.id.seq) else {
+                    let target = publication_target(&p);
+                    let key = chat_store::topic_key(&target);
+                    let Some(last) = self.last_published(&key, &target, event.id.seq) else {
                         return;
                     };
                     p.set_prev(Some(last));
@@ -88,20 +87,16 @@ impl ServerCore {
         }
     }
 
-    /// The sequence number of the last own publication on `p`'s topic (`key` in
+    /// The sequence number of the last own publication on `target`'s topic (`key` in
     /// `published`) before `seq` (0 if
     /// none): from memory, or from the store the first time (after a restart, an event
     /// committed but never published then shows as a gap to subscribers). `None` if the
     /// store failed (the server stops).
-    fn last_published(&mut self, key: &str, p: &Publication, seq: u64) -> Option<u64> {
+    fn last_published(&mut self, key: &str, target: &HistoryTarget, seq: u64) -> Option<u64> {
         if let Some(&last) = self.published.get(key) {
             return Some(last);
         }
-        let target = match p {
-            Publication::Channel(c) => HistoryTarget::Channel(c.channel.clone()),
-            Publication::Direct(d) => HistoryTarget::User(d.dst.clone()),
-        };
-        match self.reader.last_published(&target, &self.cfg.name, seq) {
+        match self.reader.last_published(target, &self.cfg.name, seq) {
             Ok(last) => Some(last.unwrap_or(0)),
             Err(e) => {
                 self.failure.get_or_insert(e);
