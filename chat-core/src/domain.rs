@@ -139,13 +139,8 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Accounts for event `e` being shown (`show`) or hidden.
-    pub fn count(&mut self, e: &Event, show: bool) {
-        self.count_hashed(e, event_hash(e), show);
-    }
-
-    /// [`Summary::count`] with the event's [`event_hash`] already known (`e`'s body may
-    /// then be cleared).
+    /// Accounts for event `e`, whose [`event_hash`] is `hash`, being shown (`show`) or
+    /// hidden (`e`'s body may be cleared: only its kind and names are read).
     pub fn count_hashed(&mut self, e: &Event, hash: u64, show: bool) {
         fn bump(map: &mut BTreeMap<String, u64>, key: &str, show: bool) {
             if show {
